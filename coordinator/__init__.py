@@ -1,0 +1,1 @@
+"""shardsession.coordinator package."""

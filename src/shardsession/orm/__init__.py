@@ -1,0 +1,1 @@
+"""Declarative mapping, instrumentation, attribute history and collections."""

@@ -1,0 +1,1 @@
+"""The SQL expression language and its compiler to PostgreSQL text."""
