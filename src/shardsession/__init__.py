@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from shardsession import exc
+from shardsession import exc as exc
 from shardsession.exc import *  # noqa: F403
+from shardsession.orm import *  # noqa: F403
+from shardsession.sql import *  # noqa: F403
 
 __version__ = "0.1.0"
-
-__all__ = ["__version__", "exc", *exc.__all__]

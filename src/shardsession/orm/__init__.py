@@ -1,1 +1,3 @@
 """Declarative mapping, instrumentation, attribute history and collections."""
+
+__all__: list[str] = []

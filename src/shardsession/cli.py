@@ -1,0 +1,148 @@
+"""The ``shardsession`` command line (also ``python -m shardsession``).
+
+Commands:
+
+``up``
+    start (or reuse) the local cluster and print the shard DSNs.
+``status``
+    show its servers, databases and prepared transactions.
+``down``
+    stop it.
+``check``
+    check shard DSNs of external servers (reachable, two-phase commit enabled).
+
+Every command takes ``--json`` for scripts.  Expected failures (no PostgreSQL
+binaries, a busy port, a folder owned by someone else, a misconfigured server)
+print one line starting with ``error:`` and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from shardsession.embedded import LocalCluster, default_cluster_path
+from shardsession.exc import ShardSessionError
+from shardsession.preflight import check_shard_dsns, describe_dsn
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the ``shardsession`` command."""
+    parser = argparse.ArgumentParser(
+        prog="shardsession",
+        description="Local PostgreSQL shards for shardsession, and tools to operate them.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--path",
+            default=None,
+            help=f"the cluster folder (default: {default_cluster_path()})",
+        )
+        p.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    up = sub.add_parser("up", help="start (or reuse) the local cluster; print the shard DSNs")
+    common(up)
+    up.add_argument("--shards", type=int, default=4, help="number of shard databases (4)")
+    up.add_argument("--instances", type=int, default=1, help="number of separate servers (1)")
+    up.add_argument("--port", type=int, default=None, help="TCP port (default: a free one)")
+    up.add_argument("--tcp", action="store_true", help="print TCP DSNs (with password)")
+
+    status = sub.add_parser("status", help="show servers, databases, prepared transactions")
+    common(status)
+
+    down = sub.add_parser("down", help="stop the local cluster")
+    common(down)
+    down.add_argument("--remove", action="store_true", help="also delete the cluster folder")
+
+    check = sub.add_parser("check", help="check shard DSNs: reachable, two-phase commit on")
+    check.add_argument(
+        "--dsn", action="append", required=True, help="a shard DSN (repeat for each shard)"
+    )
+    check.add_argument("--json", action="store_true", help="print JSON for scripts")
+    return parser
+
+
+def _print(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2) if args.json else text)
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    cluster = LocalCluster(
+        shards=args.shards, path=args.path, instances=args.instances, port=args.port
+    )
+    dsns = cluster.start()
+    if args.tcp:
+        dsns = cluster.tcp_dsns
+    lines = [f"cluster at {cluster.path} is up ({args.shards} shards)"]
+    lines += [f"  {shard}: {dsn}" for shard, dsn in dsns.items()]
+    _print(args, {"path": str(cluster.path), "shards": dsns}, "\n".join(lines))
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    info = LocalCluster(shards=1, path=args.path).status()
+    if not info["exists"]:
+        _print(args, info, f"no cluster at {info['path']} (start one with `shardsession up`)")
+        return 1
+    lines = [
+        f"cluster at {info['path']}: {'running' if info['running'] else 'stopped'}"
+        f" (PostgreSQL {info['version']}, server user {info['user']})"
+    ]
+    for inst in info["instances"]:
+        state = f"running, pid {inst['pid']}" if inst["running"] else "stopped"
+        lines.append(f"  server {inst['index']}: port {inst['port']}, {state}")
+        for shard in inst["shards"]:
+            prepared = shard.get("prepared_transactions")
+            extra = "" if prepared is None else f", {len(prepared)} prepared transaction(s)"
+            lines.append(f"    {shard['shard']}: database {shard['database']}{extra}")
+            for xact in prepared or []:
+                lines.append(f"      {xact['gid']} (prepared {xact['prepared']})")
+    _print(args, info, "\n".join(lines))
+    return 0 if info["running"] else 1
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    cluster = LocalCluster(shards=1, path=args.path)
+    stopped = cluster.stop(remove=args.remove)
+    text = f"cluster at {cluster.path} {'stopped' if stopped else 'was not running'}"
+    if args.remove:
+        text += "; folder removed"
+    _print(args, {"path": str(cluster.path), "stopped": stopped, "removed": args.remove}, text)
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    dsns = {f"shard{i}": dsn for i, dsn in enumerate(args.dsn)}
+    found = check_shard_dsns(dsns)
+    lines = [
+        f"{shard} ({describe_dsn(dsns[shard])}): max_prepared_transactions = {value}, ok"
+        for shard, value in found.items()
+    ]
+    _print(args, found, "\n".join(lines))
+    return 0
+
+
+_COMMANDS = {"up": _cmd_up, "status": _cmd_status, "down": _cmd_down, "check": _cmd_check}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except ShardSessionError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

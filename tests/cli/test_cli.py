@@ -1,0 +1,124 @@
+"""The ``shardsession`` command line: up, status, down, check, and its errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import socket
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from shardsession.embedded import LocalCluster
+from tests.helpers import python_for, run_cli
+
+
+def _users() -> list[object]:
+    params: list[object] = [pytest.param(None, id="current-user")]
+    if os.geteuid() == 0:
+        nobody = pwd.getpwnam("nobody").pw_uid
+        marks = [] if python_for(nobody) else [pytest.mark.skip(reason="no Python for nobody")]
+        params.append(pytest.param(nobody, id="normal-user", marks=marks))
+    return params
+
+
+@pytest.mark.parametrize("uid", _users())
+def test_up_status_down(tmp_path: Path, uid: int | None) -> None:
+    path = tmp_path / "cluster"
+    path.mkdir()
+    if uid is not None:
+        os.chown(tmp_path, uid, -1)
+        os.chown(path, uid, -1)
+    up = run_cli("up", "--path", str(path), "--shards", "2", "--json", uid=uid, cwd=str(tmp_path))
+    assert up.returncode == 0, up.stderr
+    shards = json.loads(up.stdout)["shards"]
+    assert sorted(shards) == ["s0", "s1"]
+    try:
+        for dsn in shards.values():
+            with psycopg.connect(dsn) as conn:
+                value = conn.execute("SHOW max_prepared_transactions").fetchone()[0]
+                assert int(value) >= 64
+        # a second `up` reuses the running server: same DSNs
+        again = run_cli("up", "--path", str(path), "--shards", "2", "--json", uid=uid,
+                        cwd=str(tmp_path))  # fmt: skip
+        assert json.loads(again.stdout)["shards"] == shards
+        status = run_cli("status", "--path", str(path), "--json", uid=uid, cwd=str(tmp_path))
+        assert status.returncode == 0, status.stderr
+        info = json.loads(status.stdout)
+        assert info["running"] is True
+        assert [s["shard"] for s in info["instances"][0]["shards"]] == ["s0", "s1"]
+        assert info["instances"][0]["shards"][0]["prepared_transactions"] == []
+        text = run_cli("status", "--path", str(path), uid=uid, cwd=str(tmp_path)).stdout
+        assert "running" in text and "shardsession_s1" in text
+    finally:
+        down = run_cli("down", "--path", str(path), "--json", uid=uid, cwd=str(tmp_path))
+    assert down.returncode == 0, down.stderr
+    assert json.loads(down.stdout)["stopped"] is True
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(shards["s0"], connect_timeout=3)
+    stopped = run_cli("status", "--path", str(path), uid=uid, cwd=str(tmp_path))
+    assert stopped.returncode == 1
+    assert "stopped" in stopped.stdout
+
+
+def test_status_of_missing_cluster_is_friendly(tmp_path: Path) -> None:
+    done = run_cli("status", "--path", str(tmp_path / "nothing"))
+    assert done.returncode == 1
+    assert "no cluster at" in done.stdout
+    assert "Traceback" not in done.stderr
+
+
+def test_missing_binaries_error_says_how_to_get_them(tmp_path: Path) -> None:
+    done = run_cli("up", "--path", str(tmp_path / "c"), env={"SHARDSESSION_PG_BIN": "/nonexistent"})
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: SHARDSESSION_PG_BIN='/nonexistent'")
+    assert "Traceback" not in done.stderr
+
+
+def test_busy_port_is_reported(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = run_cli("up", "--path", str(tmp_path / "c"), "--port", str(port))
+    assert done.returncode == 2
+    assert f"port {port} on 127.0.0.1 is already in use" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a folder owned by another user")
+def test_data_folder_owned_by_someone_else(tmp_path: Path) -> None:
+    path = tmp_path / "c"
+    data = path / "pg0"
+    data.mkdir(parents=True)
+    (data / "PG_VERSION").write_text("15\n")
+    nobody = pwd.getpwnam("nobody")
+    os.chown(data, nobody.pw_uid, nobody.pw_gid)
+    done = run_cli("up", "--path", str(path))
+    assert done.returncode == 2
+    assert f"the data folder {data} is owned by uid {nobody.pw_uid}" in done.stderr
+    assert "chown" in done.stderr
+
+
+def test_check_rejects_server_without_two_phase_commit(tmp_path: Path) -> None:
+    cluster = LocalCluster(
+        shards=1, path=tmp_path / "c", durable=False, settings={"max_prepared_transactions": 0}
+    )
+    dsn = cluster.start()["s0"]
+    try:
+        done = run_cli("check", "--dsn", dsn)
+        assert done.returncode == 2
+        assert "max_prepared_transactions = 0" in done.stderr
+        assert "max_prepared_transactions = 64" in done.stderr  # the fix
+        ok = LocalCluster(shards=1, path=tmp_path / "ok", durable=False)
+        good = ok.start()["s0"]
+        try:
+            passed = run_cli("check", "--dsn", good, "--json")
+            assert passed.returncode == 0, passed.stderr
+            assert json.loads(passed.stdout) == {"shard0": 128}
+        finally:
+            ok.stop(remove=True)
+    finally:
+        cluster.stop(remove=True)

@@ -1,0 +1,62 @@
+"""A small user suite run through pytester: per-xdist-worker databases, teardown."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+pytest_plugins = ["pytester"]
+
+SAMPLE_SUITE = """
+import os
+import time
+
+import psycopg
+import pytest
+
+
+@pytest.mark.parametrize("n", range(8))
+def test_isolated(shard_dsns, n):
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    for shard, dsn in shard_dsns.items():
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS seen (worker text)")
+            conn.execute("INSERT INTO seen VALUES (%s)", (worker,))
+            seen = {row[0] for row in conn.execute("SELECT worker FROM seen")}
+            assert seen == {worker}, f"{shard} is shared between workers: {seen}"
+            dbname = conn.execute("SELECT current_database()").fetchone()[0]
+        with open(os.environ["SEEN_FILE"], "a") as out:
+            out.write(f"{worker} {shard} {dbname} {dsn}\\n")
+    time.sleep(0.1)
+
+
+def test_leaves_a_prepared_transaction(shard_dsns):
+    with psycopg.connect(shard_dsns["s0"]) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS pending (id int)")
+        conn.execute("INSERT INTO pending VALUES (1)")
+        conn.execute(f"PREPARE TRANSACTION 'left_by_{os.getpid()}'")
+"""
+
+
+@pytest.mark.parametrize("args", [["-n", "2"], ["-p", "no:xdist"]], ids=["xdist", "no-xdist"])
+def test_each_worker_gets_its_own_databases(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, args: list[str]
+) -> None:
+    seen_file = pytester.path / "seen.txt"
+    monkeypatch.setenv("SEEN_FILE", str(seen_file))
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    pytester.makepyfile(test_sample=SAMPLE_SUITE)
+    result = pytester.runpytest_subprocess(*args, "--shardsession-shards", "2", timeout=240)
+    result.assert_outcomes(passed=9)
+    records = [line.split(" ", 3) for line in seen_file.read_text().splitlines()]
+    by_worker: dict[str, set[str]] = {}
+    for worker, shard, dbname, _ in records:
+        assert dbname == f"shardsession_{shard}_{worker}"
+        by_worker.setdefault(worker, set()).add(dbname)
+    expected = {"gw0", "gw1"} if args[0] == "-n" else {"main"}
+    assert set(by_worker) == expected
+    if len(by_worker) == 2:
+        assert not by_worker["gw0"] & by_worker["gw1"]
+    # The run's server was stopped after the last worker finished.
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(records[0][3], connect_timeout=3)
