@@ -28,6 +28,7 @@ __all__ = [
     "ObjectDeletedError",
     "OperationalError",
     "PendingRollbackError",
+    "PoolTimeoutError",
     "PortInUseError",
     "PostgresNotFoundError",
     "ProgrammingError",
@@ -116,6 +117,10 @@ class PortInUseError(ClusterError):
 
 class WorkerLostError(ShardSessionError):
     """A worker process died; the transaction it held is gone (committed data is intact)."""
+
+
+class PoolTimeoutError(ShardSessionError, TimeoutError):
+    """No worker of a shard became free within the pool's checkout timeout."""
 
 
 class TwoPhaseError(ShardSessionError):

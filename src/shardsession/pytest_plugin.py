@@ -5,8 +5,11 @@ makes these available to any suite:
 
 Fixtures
     ``shard_dsns`` (session scope): this process's shard databases, a dict shard
-    name -> DSN.  ``clean_shards`` (function scope): empties every table of every
-    shard before and after the test and returns the same dict.
+    name -> DSN.  ``shard_pool`` (session scope): a
+    :class:`~shardsession.workers.pool.WorkerPool` over them, two workers per
+    shard, closed at the end of the run.  ``clean_shards`` (function scope):
+    empties every table of every shard before and after the test and returns
+    the same dict.
 
 Parallel runs
     Under pytest-xdist each xdist worker gets its own databases, named with its
@@ -34,6 +37,7 @@ import pytest
 
 from shardsession.embedded import LocalCluster
 from shardsession.testing import TestDatabases
+from shardsession.workers.pool import WorkerPool, create_pool
 
 _RUN_PATH = "shardsession_run_path"
 _STATE = pytest.StashKey["_RunState"]()
@@ -124,6 +128,16 @@ def _shardsession_databases(request: pytest.FixtureRequest) -> Iterator[TestData
 def shard_dsns(_shardsession_databases: TestDatabases) -> dict[str, str]:
     """This test process's shard databases: shard name -> DSN (session scope)."""
     return dict(_shardsession_databases.dsns)
+
+
+@pytest.fixture(scope="session")
+def shard_pool(shard_dsns: dict[str, str]) -> Iterator[WorkerPool]:
+    """A worker pool over this process's shard databases (session scope)."""
+    pool = create_pool(shard_dsns, workers_per_shard=2)
+    try:
+        yield pool
+    finally:
+        pool.close()
 
 
 @pytest.fixture

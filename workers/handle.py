@@ -1,0 +1,133 @@
+"""The application-side handle of one worker process."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+from shardsession import protocol as p
+from shardsession.exc import WorkerLostError
+
+__all__ = ["WorkerHandle", "gather"]
+
+
+class WorkerHandle:
+    """One worker process as the application sees it: a pipe and a process.
+
+    A handle is used by one thread at a time (the session that checked it out);
+    :meth:`send` and :meth:`recv` may be split so that a statement goes to every
+    shard before any reply is awaited.
+
+    :ivar shard: the shard this worker serves.
+    :ivar name: the worker's name (also its ``application_name`` in PostgreSQL).
+    :ivar pid: the worker's process id.
+    :ivar backend_pid: the PostgreSQL backend process id of its connection.
+    """
+
+    def __init__(self, shard: str, name: str, process: Any, pipe: Any) -> None:
+        self.shard = shard
+        self.name = name
+        self.process = process
+        self.pipe = pipe
+        self.pid: int = process.pid
+        self.backend_pid: int | None = None
+        self.lost = False
+        self.pending = 0  # requests sent whose reply was not read yet
+        self.idle_since = time.monotonic()
+
+    def __repr__(self) -> str:
+        state = "lost" if self.lost else "alive"
+        return f"<WorkerHandle {self.name} pid={self.pid} {state}>"
+
+    def alive(self) -> bool:
+        """Whether the process is still running (and was not marked lost)."""
+        return not self.lost and self.process.is_alive()
+
+    def _lost(self, doing: str) -> WorkerLostError:
+        self.lost = True
+        code = self.process.exitcode
+        how = f"exit code {code}" if code is not None else "its pipe closed"
+        return WorkerLostError(
+            f"worker {self.name} (pid {self.pid}) of shard {self.shard!r} died while {doing} "
+            f"({how}); the transaction it held on that shard is gone (committed data is "
+            "intact). Roll back and retry the transaction."
+        )
+
+    def send(self, request: p.Request) -> None:
+        """Send one request without waiting for its reply."""
+        if self.lost:
+            raise self._lost("idle")
+        try:
+            p.send_message(self.pipe, request)
+        except (OSError, EOFError, ValueError) as err:
+            raise self._lost(f"receiving {type(request).__name__}") from err
+        self.pending += 1
+
+    def recv(self) -> Any:
+        """Wait for the reply to the oldest request sent; return its value or raise its error."""
+        try:
+            reply = p.recv_message(self.pipe)
+        except (OSError, EOFError, ValueError) as err:
+            self.pending = 0
+            raise self._lost("running a request") from err
+        self.pending -= 1
+        if isinstance(reply, p.Failure):
+            raise reply.to_exception()
+        return reply.value
+
+    def request(self, request: p.Request) -> Any:
+        """Send ``request`` and return its reply's value (raising its error)."""
+        self.send(request)
+        return self.recv()
+
+    def drain(self) -> None:
+        """Read and drop replies still pending (after another shard's error)."""
+        while self.pending and not self.lost:
+            with contextlib.suppress(Exception):
+                self.recv()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Ask the worker to exit; kill it if it does not within ``timeout``."""
+        if self.process.is_alive() and not self.lost:
+            with contextlib.suppress(Exception):
+                p.send_message(self.pipe, p.Shutdown())
+            self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(1.0)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(1.0)
+        self.lost = True
+        with contextlib.suppress(Exception):
+            self.pipe.close()
+
+
+def gather(calls: list[tuple[WorkerHandle, p.Request]]) -> list[Any]:
+    """Send every request first, then collect the replies in order.
+
+    If any reply is an error, every other reply is still read (so no worker is
+    left with an unread reply) and the first error is raised.
+    """
+    sent: list[WorkerHandle] = []
+    try:
+        for handle, request in calls:
+            handle.send(request)
+            sent.append(handle)
+    except Exception:
+        for handle in sent:
+            handle.drain()
+        raise
+    results: list[Any] = []
+    first_error: BaseException | None = None
+    for handle, _ in calls:
+        try:
+            results.append(handle.recv())
+        except Exception as err:
+            results.append(err)
+            if first_error is None:
+                first_error = err
+    if first_error is not None:
+        raise first_error
+    return results
