@@ -1,0 +1,1 @@
+"""shardsession benchmarks: ratios against raw psycopg (and SQLAlchemy) in one run."""
