@@ -1,3 +1,174 @@
-"""The SQL expression language and its compiler to PostgreSQL text."""
+"""The SQL expression language and its compiler to PostgreSQL text.
 
-__all__: list[str] = []
+Build statements with :func:`select`, :func:`insert`, :func:`update`, :func:`delete`
+and :func:`text`; describe tables with :class:`MetaData`, :class:`Table` and
+:class:`Column`; compile with :func:`compile_statement`, which returns a picklable
+:class:`CompiledStatement` (SQL text, parameter recipe and routing information).
+"""
+
+from __future__ import annotations
+
+# elements must be imported before the modules that subclass its classes (see its end).
+from shardsession.sql import elements as _elements  # noqa: F401
+from shardsession.sql.columns import ColumnClause, ColumnCollection, column, literal_column
+from shardsession.sql.compiled import CompiledStatement, ParamRef
+from shardsession.sql.compiler import cache_info, clear_cache, compile_statement
+from shardsession.sql.dml import Delete, Insert, Update, delete, insert, update
+from shardsession.sql.elements import ClauseElement, ColumnElement
+from shardsession.sql.expressions import (
+    BindParameter,
+    Label,
+    and_,
+    asc,
+    bindparam,
+    case,
+    cast,
+    desc,
+    distinct,
+    false,
+    literal,
+    not_,
+    null,
+    nulls_first,
+    nulls_last,
+    or_,
+    true,
+    tuple_,
+)
+from shardsession.sql.functions import Function, func
+from shardsession.sql.quoting import quote_ident
+from shardsession.sql.schema import (
+    CheckConstraint,
+    Column,
+    ColumnDefault,
+    Constraint,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    UniqueConstraint,
+)
+from shardsession.sql.selectable import (
+    Alias,
+    FromClause,
+    Join,
+    Subquery,
+    TableClause,
+    join,
+    outerjoin,
+    table,
+)
+from shardsession.sql.selects import Exists, ScalarSelect, Select, TextualSelect, exists, select
+from shardsession.sql.textual import TextClause, text
+from shardsession.sql.types import (
+    JSON,
+    JSONB,
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    Enum,
+    Float,
+    Integer,
+    Interval,
+    LargeBinary,
+    NullType,
+    Numeric,
+    SmallInteger,
+    String,
+    Text,
+    Time,
+    TypeEngine,
+    Uuid,
+    type_for_python,
+)
+
+__all__ = [
+    "JSON",
+    "JSONB",
+    "Alias",
+    "BigInteger",
+    "BindParameter",
+    "Boolean",
+    "CheckConstraint",
+    "ClauseElement",
+    "Column",
+    "ColumnClause",
+    "ColumnCollection",
+    "ColumnDefault",
+    "ColumnElement",
+    "CompiledStatement",
+    "Constraint",
+    "Date",
+    "DateTime",
+    "Delete",
+    "Enum",
+    "Exists",
+    "Float",
+    "ForeignKey",
+    "ForeignKeyConstraint",
+    "FromClause",
+    "Function",
+    "Index",
+    "Insert",
+    "Integer",
+    "Interval",
+    "Join",
+    "Label",
+    "LargeBinary",
+    "MetaData",
+    "NullType",
+    "Numeric",
+    "ParamRef",
+    "PrimaryKeyConstraint",
+    "ScalarSelect",
+    "Select",
+    "SmallInteger",
+    "String",
+    "Subquery",
+    "Table",
+    "TableClause",
+    "Text",
+    "TextClause",
+    "TextualSelect",
+    "Time",
+    "TypeEngine",
+    "UniqueConstraint",
+    "Update",
+    "Uuid",
+    "and_",
+    "asc",
+    "bindparam",
+    "cache_info",
+    "case",
+    "cast",
+    "clear_cache",
+    "column",
+    "compile_statement",
+    "delete",
+    "desc",
+    "distinct",
+    "exists",
+    "false",
+    "func",
+    "insert",
+    "join",
+    "literal",
+    "literal_column",
+    "not_",
+    "null",
+    "nulls_first",
+    "nulls_last",
+    "or_",
+    "outerjoin",
+    "quote_ident",
+    "select",
+    "table",
+    "text",
+    "true",
+    "tuple_",
+    "type_for_python",
+    "update",
+]
