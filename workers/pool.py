@@ -15,6 +15,7 @@ exit by themselves when the application process dies.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import threading
@@ -340,6 +341,27 @@ class WorkerPool:
         for status in results:
             out[status["shard"]].append(status)
         return out
+
+    def _run_ddl(self, statements: list[str]) -> None:
+        """Run DDL on every shard, each shard in one transaction, all shards in parallel.
+
+        This is what ``metadata.create_all(pool)`` / ``drop_all(pool)`` call.
+        """
+        handles = [self.checkout(shard) for shard in self.shards]
+        try:
+            batch = p.FlushBatch(tuple(p.Execute(sql, None, fetch="none") for sql in statements))
+            try:
+                gather([(h, batch) for h in handles])
+                gather([(h, p.Commit()) for h in handles])
+            except Exception:
+                for handle in handles:
+                    if handle.alive():
+                        with contextlib.suppress(Exception):
+                            handle.request(p.Rollback())
+                raise
+        finally:
+            for handle in handles:
+                self.checkin(handle)
 
     def worker_pids(self) -> dict[str, list[int]]:
         """The process ids of the live workers, by shard."""

@@ -211,3 +211,29 @@ def test_ping_reports_every_idle_worker(shard_pool: WorkerPool) -> None:
     assert sorted(status) == ["s0", "s1", "s2", "s3"]
     assert all(len(workers) == 2 for workers in status.values())
     assert all(not w["in_transaction"] for ws in status.values() for w in ws)
+
+
+def test_create_all_and_drop_all_on_every_shard(shard_pool: WorkerPool, shard_dsns) -> None:
+    from shardsession.sql import Column, ForeignKey, Integer, MetaData, String, Table
+
+    md = MetaData()
+    Table("ddl_parent", md, Column("id", Integer, primary_key=True), Column("name", String(20)))
+    Table(
+        "ddl_child",
+        md,
+        Column("id", Integer, primary_key=True),
+        Column("parent_id", Integer, ForeignKey("ddl_parent.id")),
+    )
+    md.create_all(shard_pool)
+    try:
+        for dsn in shard_dsns.values():
+            with psycopg.connect(dsn) as conn:
+                found = conn.execute(
+                    "SELECT to_regclass('ddl_parent'), to_regclass('ddl_child')"
+                ).fetchone()
+                assert found == ("ddl_parent", "ddl_child")
+    finally:
+        md.drop_all(shard_pool)
+    for dsn in shard_dsns.values():
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("SELECT to_regclass('ddl_parent')").fetchone() == (None,)
