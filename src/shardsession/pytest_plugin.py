@@ -7,7 +7,9 @@ Fixtures
     ``shard_dsns`` (session scope): this process's shard databases, a dict shard
     name -> DSN.  ``shard_pool`` (session scope): a
     :class:`~shardsession.workers.pool.WorkerPool` over them, two workers per
-    shard, closed at the end of the run.  ``clean_shards`` (function scope):
+    shard, closed at the end of the run.  ``session`` (function scope): a Session
+    over ``shard_pool``, closed and its shards emptied after the test.
+    ``clean_shards`` (function scope):
     empties every table of every shard before and after the test and returns
     the same dict.
 
@@ -32,6 +34,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -138,6 +141,22 @@ def shard_pool(shard_dsns: dict[str, str]) -> Iterator[WorkerPool]:
         yield pool
     finally:
         pool.close()
+
+
+@pytest.fixture
+def session(shard_pool: WorkerPool, _shardsession_databases: TestDatabases) -> Iterator[Any]:
+    """A :class:`~shardsession.coordinator.session.Session` over ``shard_pool``.
+
+    Rolled back and closed after the test, and every shard's tables emptied.
+    """
+    from shardsession.coordinator.session import Session
+
+    sess = Session(shard_pool)
+    try:
+        yield sess
+    finally:
+        sess.close()
+        _shardsession_databases.clean()
 
 
 @pytest.fixture

@@ -1,0 +1,355 @@
+"""SessionTransaction: the session's transaction across shards, with its explicit states.
+
+A root transaction checks a worker out of the pool for every shard it touches,
+on first use, and gives them back when it ends.  Nested transactions are
+SAVEPOINTs on every shard the transaction has touched, and on shards first
+touched inside the savepoint.  Commit is one-phase when at most one shard was
+written, two-phase otherwise (PREPARE on every writer in parallel, then COMMIT
+PREPARED on every writer in parallel).
+
+States: ``ACTIVE`` -> (``PREPARED``) -> ``COMMITTED`` | ``DEACTIVE`` (failed,
+needs rollback) -> ``CLOSED``.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import os
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+from shardsession.workers.handle import WorkerHandle, gather
+
+from shardsession import event
+from shardsession import protocol as p
+from shardsession.exc import (
+    InvalidRequestError,
+    PendingRollbackError,
+    TwoPhaseError,
+    WorkerLostError,
+)
+
+if TYPE_CHECKING:
+    from shardsession.coordinator.session import Session
+
+    from shardsession.orm.state import InstanceState
+
+__all__ = ["SessionTransaction", "SessionTransactionOrigin", "global_transaction_id"]
+
+GID_PREFIX = "ss"
+_COORDINATOR = f"{abs(hash(socket.gethostname())) % 36**4:x}{os.getpid():x}{int(time.time()):x}"
+_sequence = itertools.count(1)
+
+
+def global_transaction_id() -> str:
+    """A new global transaction id: coordinator id (host, pid, start time) + sequence."""
+    return f"{_COORDINATOR}{next(_sequence):x}"
+
+
+class SessionTransactionOrigin(enum.Enum):
+    """How a :class:`SessionTransaction` began."""
+
+    AUTOBEGIN = 0
+    BEGIN = 1
+    BEGIN_NESTED = 2
+    SUBTRANSACTION = 3
+
+
+class _State(enum.Enum):
+    ACTIVE = "active"
+    PREPARED = "prepared"
+    COMMITTED = "committed"
+    DEACTIVE = "deactive"
+    CLOSED = "closed"
+
+
+class SessionTransaction:
+    """One level of a session's transaction (the root, or a SAVEPOINT).
+
+    Obtained from :meth:`Session.begin`, :meth:`Session.begin_nested` or
+    :meth:`Session.get_transaction`; usable as a context manager (commit on
+    success, rollback on error).
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        origin: SessionTransactionOrigin,
+        parent: SessionTransaction | None = None,
+    ) -> None:
+        self.session = session
+        self.origin = origin
+        self._parent = parent
+        self.nested = origin is SessionTransactionOrigin.BEGIN_NESTED
+        self._state = _State.ACTIVE
+        self._root: SessionTransaction = parent._root if parent is not None else self
+        # root only: the checked-out workers and which shards were written
+        self._handles: dict[str, WorkerHandle] = {}
+        self._writers: set[str] = set()
+        self._gid: str | None = None
+        self._prepared: list[str] = []
+        self._ended = False
+        # per level: what changed in it, to restore on rollback
+        self._new: dict[int, InstanceState] = {}
+        self._deleted: dict[int, InstanceState] = {}
+        self._dirty: dict[int, InstanceState] = {}
+        self._savepoint: str | None = None
+        self._savepoint_shards: set[str] = set()
+        if self.nested:
+            self._savepoint = f"sa_savepoint_{next(_sequence)}"
+            for shard, handle in list(self._root._handles.items()):
+                handle.request(p.Savepoint(self._savepoint))
+                self._savepoint_shards.add(shard)
+        event.dispatch(session, "after_transaction_create", session, self)
+
+    # -- public attributes --------------------------------------------------
+
+    @property
+    def parent(self) -> SessionTransaction | None:
+        """The enclosing transaction, or None for the root."""
+        return self._parent
+
+    @property
+    def is_active(self) -> bool:
+        """True while the transaction can run statements (not failed, not ended)."""
+        return self._state is _State.ACTIVE
+
+    def __repr__(self) -> str:
+        return f"<SessionTransaction {self.origin.name} {self._state.value}>"
+
+    # -- workers ---------------------------------------------------------------
+
+    def _handle(self, shard: str) -> WorkerHandle:
+        """The worker for ``shard`` in this transaction (checked out on first use)."""
+        self._assert_active()
+        root = self._root
+        handle = root._handles.get(shard)
+        if handle is not None:
+            return handle
+        handle = self.session.pool.checkout(shard)
+        root._handles[shard] = handle
+        try:
+            event.dispatch(self.session, "after_begin", self.session, self, handle)
+            # a shard first touched inside savepoints gets them too
+            level: SessionTransaction | None = self
+            chain = []
+            while level is not None:
+                if level._savepoint is not None and level._state is _State.ACTIVE:
+                    chain.append(level)
+                level = level._parent
+            for sp in reversed(chain):
+                handle.request(p.Savepoint(sp._savepoint or ""))
+                sp._savepoint_shards.add(shard)
+        except WorkerLostError:
+            self._fail()
+            raise
+        return handle
+
+    def _mark_written(self, shards: Any) -> None:
+        self._root._writers.update(shards)
+
+    def _fail(self) -> None:
+        level: SessionTransaction | None = self
+        while level is not None:
+            if level._state is _State.ACTIVE:
+                level._state = _State.DEACTIVE
+            level = level._parent
+
+    def _assert_active(self) -> None:
+        if self._state is _State.DEACTIVE:
+            raise PendingRollbackError(
+                "This Session's transaction has been rolled back due to a previous exception "
+                "during flush or a lost worker. To begin a new transaction with this Session, "
+                "first issue Session.rollback()."
+            )
+        if self._state is _State.PREPARED:
+            raise InvalidRequestError(
+                "This session is in 'prepared' state; no further SQL can be emitted within "
+                "this transaction. Call commit() or rollback()."
+            )
+        if self._state is not _State.ACTIVE:
+            raise InvalidRequestError(f"This transaction is {self._state.value}")
+
+    # -- commit ---------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Flush, then run the first phase of two-phase commit on every shard written."""
+        if self._parent is not None:
+            raise InvalidRequestError("Only the root transaction can be prepared")
+        if self._state is _State.PREPARED:
+            raise InvalidRequestError("This transaction is already prepared")
+        self._assert_active()
+        event.dispatch(self.session, "before_commit", self.session)
+        self.session._flush_if_needed()
+        self._prepare_writers()
+
+    def _prepare_writers(self) -> None:
+        root = self._root
+        self._gid = global_transaction_id()
+        writers = sorted(root._writers & set(root._handles))
+        readers = [s for s in root._handles if s not in writers]
+        prepared: list[str] = []
+        try:
+            calls = [(root._handles[s], p.Prepare(self.gid_for(s))) for s in writers]
+            calls += [(root._handles[s], p.Commit()) for s in readers]
+            gather(calls)
+            prepared = writers
+        except Exception as err:
+            self._abort_prepared(writers)
+            self._fail()
+            raise TwoPhaseError(
+                f"PREPARE failed on shards {writers}; the transaction was rolled back on every "
+                f"shard: {err}"
+            ) from err
+        self._prepared = prepared
+        self._state = _State.PREPARED
+
+    def gid_for(self, shard: str) -> str:
+        """The prepared-transaction id of this transaction on ``shard``."""
+        return f"{GID_PREFIX}_{self._gid}_{shard}"
+
+    def _abort_prepared(self, writers: list[str]) -> None:
+        root = self._root
+        for shard in writers:
+            handle = root._handles.get(shard)
+            if handle is None or not handle.alive():
+                continue
+            try:
+                if not handle.request(p.RollbackPrepared(self.gid_for(shard))):
+                    handle.request(p.Rollback())
+            except Exception:
+                try:
+                    handle.request(p.Rollback())
+                except Exception:
+                    pass
+
+    def commit(self) -> None:
+        """Commit this level: RELEASE its savepoint, or commit the root on every shard."""
+        session = self.session
+        if self._state is _State.PREPARED:
+            self._commit_prepared()
+            self._finish_commit()
+            return
+        self._assert_active()
+        if self._parent is not None and not self.nested:
+            self._state = _State.COMMITTED  # subtransaction: the parent commits
+            session._pop_transaction(self)
+            return
+        if self.nested:
+            session._flush_if_needed()
+            root = self._root
+            for shard in self._savepoint_shards:
+                root._handles[shard].request(p.ReleaseSavepoint(self._savepoint or ""))
+            parent = self._parent
+            assert parent is not None
+            parent._new.update(self._new)
+            parent._deleted.update(self._deleted)
+            parent._dirty.update(self._dirty)
+            self._state = _State.COMMITTED
+            session._pop_transaction(self)
+            event.dispatch(session, "after_transaction_end", session, self)
+            return
+        event.dispatch(session, "before_commit", session)
+        session._flush_if_needed()
+        root = self._root
+        if len(root._writers & set(root._handles)) <= 1:
+            try:
+                gather(
+                    [(h, p.Commit(expire=session.expire_on_commit)) for h in root._handles.values()]
+                )
+            except Exception:
+                self._fail()
+                raise
+        else:
+            self._prepare_writers()
+            self._commit_prepared()
+        self._finish_commit()
+
+    def _commit_prepared(self) -> None:
+        root = self._root
+        gather([(root._handles[s], p.CommitPrepared(self.gid_for(s))) for s in self._prepared])
+
+    def _finish_commit(self) -> None:
+        session = self.session
+        self._state = _State.COMMITTED
+        session._after_root_commit(self)
+        event.dispatch(session, "after_commit", session)
+        self._close()
+
+    # -- rollback --------------------------------------------------------------
+
+    def rollback(self) -> None:
+        """Roll back this level (to its SAVEPOINT, or the whole transaction on every shard)."""
+        session = self.session
+        if self._state in (_State.CLOSED, _State.COMMITTED):
+            return
+        if self._parent is not None and not self.nested:
+            self._state = _State.DEACTIVE
+            self._parent.rollback()
+            return
+        if self.nested:
+            root = self._root
+            lost = False
+            for shard in self._savepoint_shards:
+                handle = root._handles.get(shard)
+                try:
+                    if handle is not None:
+                        handle.request(p.RollbackToSavepoint(self._savepoint or ""))
+                except WorkerLostError:
+                    lost = True
+            session._restore_after_rollback(self)
+            self._state = _State.CLOSED
+            session._pop_transaction(self)
+            event.dispatch(session, "after_soft_rollback", session, self)
+            event.dispatch(session, "after_transaction_end", session, self)
+            if lost and self._parent is not None:
+                self._parent._fail()
+            return
+        root = self._root
+        if self._state is _State.PREPARED:
+            self._abort_prepared(list(self._prepared))
+        for handle in list(root._handles.values()):
+            if handle.alive():
+                try:
+                    handle.request(p.Rollback())
+                except Exception:
+                    pass
+        session._restore_after_rollback(self)
+        self._state = _State.CLOSED
+        event.dispatch(session, "after_rollback", session)
+        event.dispatch(session, "after_soft_rollback", session, self)
+        self._close()
+
+    def close(self) -> None:
+        """Roll back what is not committed and end the transaction."""
+        if self._state not in (_State.CLOSED, _State.COMMITTED):
+            self.rollback()
+        self._close()
+
+    def _close(self) -> None:
+        if self._parent is None and not self._ended:
+            self._ended = True
+            for handle in self._handles.values():
+                self.session.pool.checkin(handle)
+            self._handles.clear()
+            if self._state is not _State.COMMITTED:
+                self._state = _State.CLOSED
+            self.session._pop_transaction(self)
+            event.dispatch(self.session, "after_transaction_end", self.session, self)
+
+    # -- context manager ------------------------------------------------------
+
+    def __enter__(self) -> SessionTransaction:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None and self._state is _State.ACTIVE:
+            try:
+                self.commit()
+            except BaseException:
+                self.rollback()
+                raise
+        elif self._state in (_State.ACTIVE, _State.DEACTIVE, _State.PREPARED):
+            self.rollback()

@@ -1,0 +1,320 @@
+"""The unit of work: turning the session's changes into INSERT/UPDATE/DELETE per shard.
+
+A flush collects the new, changed and deleted objects, follows the
+``save-update`` and ``delete`` cascades, copies primary keys into foreign keys
+along relationships, and writes table by table in foreign-key dependency order
+(deletes in reverse order).  For each table the statements of every shard go out
+together (one message per shard, all shards in parallel); rows of one table with
+the same columns form one batched ``executemany``.  Generated values come back
+through ``RETURNING`` and become the objects' committed state.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from shardsession import protocol as p
+from shardsession.exc import InvalidRequestError, StaleDataError
+from shardsession.orm.attributes import instance_state
+from shardsession.orm.base import NO_VALUE, PASSIVE_NO_INITIALIZE, PassiveFlag
+from shardsession.orm.relationships import MANYTOONE, ONETOMANY, check_same_shard
+from shardsession.orm.state import InstanceState
+from shardsession.sql import bindparam, compile_statement, delete, insert, update
+
+if TYPE_CHECKING:
+    from shardsession.coordinator.session import Session
+
+__all__ = ["UOWTransaction", "flush"]
+
+_REL_PASSIVE = PASSIVE_NO_INITIALIZE | PassiveFlag.INCLUDE_PENDING_MUTATIONS
+
+
+class UOWTransaction:
+    """What one flush works on (handed to ``before_flush`` / ``after_flush`` listeners).
+
+    :ivar session: the flushing session.
+    :ivar new: states to INSERT.
+    :ivar dirty: states with changes to UPDATE.
+    :ivar deleted: states to DELETE.
+    """
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.new: list[InstanceState] = []
+        self.dirty: list[InstanceState] = []
+        self.deleted: list[InstanceState] = []
+        self.shard_of: dict[int, str] = {}
+
+
+def _linked(state: InstanceState, prop: Any) -> list[Any]:
+    hist = state.get_history(prop.key, _REL_PASSIVE)
+    return [o for o in (*hist.added, *hist.unchanged) if o is not None]
+
+
+def _cascade_targets(session: Session, roots: Iterable[InstanceState]) -> list[InstanceState]:
+    """Every transient object reachable by ``save-update`` cascade from ``roots``."""
+    seen: set[int] = set()
+    found: list[InstanceState] = []
+    stack = list(roots)
+    while stack:
+        state = stack.pop()
+        for prop in state.mapper.relationships.values():
+            if not prop.cascade.save_update:
+                continue
+            for obj in _linked(state, prop):
+                child = instance_state(obj)
+                if id(child) in seen:
+                    continue
+                seen.add(id(child))
+                if child.session_id is None and child.key is None:
+                    found.append(child)
+                if child.session_id == id(session) or child.key is None:
+                    stack.append(child)
+    return found
+
+
+def _sync_foreign_keys(state: InstanceState) -> None:
+    """Copy referenced primary keys into this object's foreign keys (and into children's)."""
+    mapper = state.mapper
+    dict_ = state.dict
+    for prop in mapper.relationships.values():
+        if prop.direction is MANYTOONE:
+            hist = state.get_history(prop.key, _REL_PASSIVE)
+            if not hist.added and not hist.deleted:
+                continue
+            target = hist.added[0] if hist.added else None
+            for source_col, dest_col in prop.synchronize_pairs:
+                key = mapper.attribute_key_for_column(dest_col)
+                if target is None:
+                    value = None
+                else:
+                    tstate = instance_state(target)
+                    value = tstate.dict.get(tstate.mapper.attribute_key_for_column(source_col))
+                if dict_.get(key, NO_VALUE) != value:
+                    setattr(state.obj(), key, value)
+        elif prop.direction is ONETOMANY:
+            hist = state.get_history(prop.key, _REL_PASSIVE)
+            for child_obj in (*hist.added, *hist.unchanged):
+                if child_obj is None:
+                    continue
+                child = instance_state(child_obj)
+                for source_col, dest_col in prop.synchronize_pairs:
+                    value = dict_.get(mapper.attribute_key_for_column(source_col))
+                    key = child.mapper.attribute_key_for_column(dest_col)
+                    if child.dict.get(key, NO_VALUE) != value:
+                        setattr(child_obj, key, value)
+            for child_obj in hist.deleted:
+                if child_obj is None:
+                    continue
+                child = instance_state(child_obj)
+                if child.deleted or (child.key is None and child.session_id is None):
+                    continue
+                if prop.cascade.delete_orphan:
+                    continue
+                for _, dest_col in prop.synchronize_pairs:
+                    key = child.mapper.attribute_key_for_column(dest_col)
+                    if key in child.dict and child.dict[key] is not None:
+                        setattr(child_obj, key, None)
+
+
+def _table_order(session: Session, states: Iterable[InstanceState]) -> list[Any]:
+    tables = {id(s.mapper.local_table): s.mapper.local_table for s in states}
+    if not tables:
+        return []
+    metadata = next(iter(tables.values())).metadata
+    ordered = [t for t in metadata.sorted_tables if id(t) in tables]
+    return ordered + [t for t in tables.values() if t not in ordered]
+
+
+def _column_values(state: InstanceState, only: Iterable[str] | None = None) -> dict[str, Any]:
+    mapper = state.mapper
+    out: dict[str, Any] = {}
+    dict_ = state.dict
+    for column in mapper.local_table.columns:
+        key = mapper.attribute_key_for_column(column)
+        if only is not None and key not in only:
+            continue
+        if key in dict_:
+            out[column.key] = dict_[key]
+    return out
+
+
+def flush(session: Session, uow: UOWTransaction, send: Callable[..., Any]) -> None:
+    """Write ``uow``'s changes; ``send(calls_by_shard)`` runs one batch per shard in parallel.
+
+    ``send`` takes ``{shard: [protocol statement, ...]}`` and returns
+    ``{shard: [reply value, ...]}``; it raises the first error after every shard
+    answered.
+    """
+    for state in uow.new + uow.dirty:
+        _sync_foreign_keys(state)
+    for state in uow.new + uow.dirty:
+        for prop in state.mapper.relationships.values():
+            for obj in _linked(state, prop):
+                check_same_shard(state, instance_state(obj), uow.shard_of.get, prop)
+
+    new_by_table: dict[int, list[InstanceState]] = defaultdict(list)
+    for state in uow.new:
+        new_by_table[id(state.mapper.local_table)].append(state)
+    dirty_by_table: dict[int, list[InstanceState]] = defaultdict(list)
+    for state in uow.dirty:
+        dirty_by_table[id(state.mapper.local_table)].append(state)
+
+    for table in _table_order(session, uow.new + uow.dirty):
+        for state in new_by_table.get(id(table), ()):
+            _sync_foreign_keys_from_parents(state)
+        _write_inserts(table, new_by_table.get(id(table), []), uow, send)
+        _write_updates(table, dirty_by_table.get(id(table), []), uow, send)
+    for table in reversed(_table_order(session, uow.deleted)):
+        _write_deletes(table, [s for s in uow.deleted if s.mapper.local_table is table], uow, send)
+    # Everything flushed is now the committed state (relationship changes included).
+    for state in uow.dirty:
+        if not state.deleted:
+            state._commit_all()
+
+
+def _sync_foreign_keys_from_parents(state: InstanceState) -> None:
+    # Parents inserted earlier in this flush now have their generated keys.
+    _sync_foreign_keys(state)
+
+
+def _write_inserts(
+    table: Any, states: list[InstanceState], uow: UOWTransaction, send: Callable[..., Any]
+) -> None:
+    if not states:
+        return
+    groups: dict[tuple[str, tuple[str, ...]], list[tuple[InstanceState, dict[str, Any]]]] = (
+        defaultdict(list)
+    )
+    for state in states:
+        values = _column_values(state)
+        for column in table.primary_key:
+            if values.get(column.key) is None and _generated(column):
+                values.pop(column.key, None)
+        groups[(uow.shard_of[id(state)], tuple(sorted(values)))].append((state, values))
+    calls: dict[str, list[p.Statement]] = defaultdict(list)
+    plans: dict[str, list[tuple[Any, list[tuple[InstanceState, dict[str, Any]]]]]] = defaultdict(
+        list
+    )
+    for (shard, keys), members in groups.items():
+        returned = [c for c in table.columns if c.key not in keys]
+        stmt = insert(table)
+        if returned:
+            stmt = stmt.returning(*returned)
+        compiled = compile_statement(stmt, column_keys=keys)
+        params = [compiled.construct_params(values) for _, values in members]
+        calls[shard].append(p.ExecuteMany(compiled.sql, params, returning=bool(returned)))
+        plans[shard].append((compiled if returned else None, members))
+    replies = send(calls)
+    for shard, results in replies.items():
+        for (compiled, members), reply in zip(plans[shard], results, strict=True):
+            if compiled is not None:
+                names = compiled.returning
+                for (state, _), rows in zip(members, reply, strict=True):
+                    row = compiled.process_row(rows.rows[0])
+                    for name, value in zip(names, row, strict=True):
+                        column = table.c[name]
+                        state.dict[state.mapper.attribute_key_for_column(column)] = value
+            for state, _ in members:
+                uow.session._register_persistent(state, shard)
+
+
+def _generated(column: Any) -> bool:
+    auto = getattr(column, "autoincrement", "auto")
+    return auto is True or (auto == "auto" and getattr(column, "_is_autoincrement", True))
+
+
+def _pk_params(state: InstanceState, prefix: str = "pk_") -> dict[str, Any]:
+    table = state.mapper.local_table
+    committed = state.committed_state
+    out = {}
+    for column in table.primary_key:
+        key = state.mapper.attribute_key_for_column(column)
+        value = committed.get(key, NO_VALUE)
+        if value in (NO_VALUE,) or value is None:
+            value = state.dict.get(key)
+        if state.key is not None:
+            value = state.key[1][list(table.primary_key).index(column)]
+        out[prefix + column.key] = value
+    return out
+
+
+def _pk_where(stmt: Any, table: Any) -> Any:
+    for column in table.primary_key:
+        stmt = stmt.where(column == bindparam("pk_" + column.key))
+    return stmt
+
+
+def _write_updates(
+    table: Any, states: list[InstanceState], uow: UOWTransaction, send: Callable[..., Any]
+) -> None:
+    groups: dict[tuple[str, tuple[str, ...]], list[InstanceState]] = defaultdict(list)
+    for state in states:
+        changed = {
+            state.mapper.local_table.c[c.key].key
+            for c in table.columns
+            if state.mapper.attribute_key_for_column(c) in state.changed_keys
+        }
+        if changed:
+            groups[(uow.shard_of[id(state)], tuple(sorted(changed)))].append(state)
+    if not groups:
+        return
+    calls: dict[str, list[p.Statement]] = defaultdict(list)
+    expected: dict[str, list[tuple[int, list[InstanceState]]]] = defaultdict(list)
+    for (shard, keys), members in groups.items():
+        stmt = _pk_where(update(table), table)
+        compiled = compile_statement(stmt, column_keys=[*keys, *(_pk_params(members[0]))])
+        params = []
+        for state in members:
+            values = _column_values(state, {state.mapper.attribute_key_for_column(
+                table.c[k]) for k in keys})  # fmt: skip
+            params.append(compiled.construct_params({**values, **_pk_params(state)}))
+        calls[shard].append(p.ExecuteMany(compiled.sql, params))
+        expected[shard].append((len(members), members))
+    replies = send(calls)
+    for shard, results in replies.items():
+        for (count, members), reply in zip(expected[shard], results, strict=True):
+            if reply.rowcount != count:
+                raise StaleDataError(
+                    f"UPDATE of {table.name!r} on shard {shard!r} matched {reply.rowcount} "
+                    f"row(s), expected {count}: a row was deleted or its key changed by "
+                    "another transaction."
+                )
+            for state in members:
+                state._commit_all()
+
+
+def _write_deletes(
+    table: Any, states: list[InstanceState], uow: UOWTransaction, send: Callable[..., Any]
+) -> None:
+    groups: dict[str, list[InstanceState]] = defaultdict(list)
+    for state in states:
+        groups[uow.shard_of[id(state)]].append(state)
+    if not groups:
+        return
+    compiled = compile_statement(_pk_where(delete(table), table))
+    calls = {
+        shard: [p.ExecuteMany(compiled.sql, [compiled.construct_params(_pk_params(s))
+                                             for s in members])]
+        for shard, members in groups.items()
+    }  # fmt: skip
+    replies = send(calls)
+    for shard, (reply,) in replies.items():
+        if reply.rowcount != len(groups[shard]):
+            raise StaleDataError(
+                f"DELETE from {table.name!r} on shard {shard!r} matched {reply.rowcount} "
+                f"row(s), expected {len(groups[shard])}: a row was already deleted by "
+                "another transaction."
+            )
+        for state in groups[shard]:
+            uow.session._register_deleted(state)
+
+
+def check_flushable(state: InstanceState) -> None:
+    """Raise a clear error for an object the flush cannot write."""
+    if not state.mapper.local_table.primary_key:
+        raise InvalidRequestError(
+            f"{state.class_.__name__} has no primary key; every mapped table needs one"
+        )

@@ -1,0 +1,42 @@
+"""Models used by the Session tests."""
+
+from __future__ import annotations
+
+from shardsession.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from shardsession.sql import BigInteger, ForeignKey, String
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Account(Base):
+    __tablename__ = "acct"
+    __shard_key__ = "tenant_id"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    tenant_id: Mapped[int]
+    owner: Mapped[str] = mapped_column(String(50))
+    balance: Mapped[int] = mapped_column(default=0)
+
+
+class Customer(Base):
+    __tablename__ = "customer"
+    __shard_key__ = "tenant_id"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[int]
+    name: Mapped[str]
+    orders: Mapped[list[Order]] = relationship(
+        back_populates="customer", cascade="all, delete-orphan", order_by="Order.id"
+    )
+
+
+class Order(Base):
+    __tablename__ = "orders"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customer.id"))
+    amount: Mapped[int]
+    note: Mapped[str | None]
+    customer: Mapped[Customer] = relationship(back_populates="orders")
