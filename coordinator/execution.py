@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from shardsession.coordinator.execute_state import ORMExecuteState, run_execute_listeners
-from shardsession.coordinator.loading import result_keys_for, row_processor_for
+from shardsession.coordinator.loading import result_keys_for, row_processor_for, selectin_load
 from shardsession.coordinator.result import Result
 from shardsession.coordinator.scatter import execute_plan, plan_select
 from shardsession.workers.handle import gather
@@ -118,8 +118,15 @@ def _select(
         return raw
 
     def objects() -> Iterator[tuple[Any, ...]]:
+        batch: list[tuple[Any, ...]] = []
         for row in raw:
-            yield processor(row[:-1], row[-1])
+            batch.append(processor(row[:-1], row[-1]))
+            if chunk and len(batch) >= chunk:
+                selectin_load(session, batch)
+                yield from batch
+                batch = []
+        selectin_load(session, batch)
+        yield from batch
 
     return Result(keys, objects(), on_close=raw.close)
 
@@ -278,9 +285,8 @@ def get(
     opts = dict(execution_options)
     if populate_existing:
         opts["populate_existing"] = True
-    found = None
     if len(shards) == 1:
-        found = (
+        return (
             session.execute(
                 stmt,
                 execution_options=opts,
@@ -289,11 +295,12 @@ def get(
             .scalars()
             .first()
         )
-    else:
-        opts["_shards"] = list(shards)
-        for obj in session.execute(stmt, execution_options=opts).scalars():
-            found = obj
-            break
+    # every candidate shard is asked in parallel, in one round trip
+    trans = session._autobegin()
+    trans._assert_active()
+    compiled = compile_statement(stmt)
+    handles = {shard: trans._handle(shard) for shard in shards}
+    found = _select(session, stmt, compiled, {}, handles, opts).scalars().first()
     return found
 
 

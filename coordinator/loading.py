@@ -201,3 +201,71 @@ def _load_relationship(session: Session, state: InstanceState, prop: Any, shard:
         stmt = stmt.order_by(*prop.order_by)
     objs = session._run_select_on(shard, stmt, entities=True).scalars().all()
     return list(objs) if prop.uselist else (objs[0] if objs else None)
+
+
+def selectin_load(session: Session, rows: Sequence[Sequence[Any]]) -> None:
+    """Load ``lazy="selectin"`` relationships of the objects in ``rows``.
+
+    One ``IN`` query per relationship and shard (children live on their parent's
+    shard), all shards of one relationship queried in parallel by the session.
+    Objects whose relationship is already loaded are skipped; children loaded
+    this way get their own selectin relationships loaded in turn.
+    """
+    by_class: dict[type, list[InstanceState]] = {}
+    seen: set[int] = set()
+    for row in rows:
+        for value in row:
+            state = getattr(value, "_sa_instance_state", None)
+            if isinstance(state, InstanceState) and state.key is not None and id(state) not in seen:
+                seen.add(id(state))
+                by_class.setdefault(state.class_, []).append(state)
+    for states in by_class.values():
+        mapper = states[0].mapper
+        for prop in mapper.relationships.values():
+            if prop.lazy != "selectin":
+                continue
+            todo = [s for s in states if prop.key not in s.dict]
+            if todo:
+                _selectin_one(session, prop, todo)
+
+
+def _selectin_one(session: Session, prop: Any, states: list[InstanceState]) -> None:
+    local = states[0].mapper
+    target = prop.mapper.class_
+    pairs = prop.synchronize_pairs  # (source on the "one" side, FK on the "many" side)
+    by_shard: dict[str, list[InstanceState]] = {}
+    for state in states:
+        by_shard.setdefault(state.key[2], []).append(state)  # type: ignore[index]
+    if prop.direction is MANYTOONE:
+        source_col, dest_col = pairs[0]
+        local_key = local.attribute_key_for_column(dest_col)
+        remote_col = source_col
+    else:
+        source_col, dest_col = pairs[0]
+        local_key = local.attribute_key_for_column(source_col)
+        remote_col = dest_col
+    if len(pairs) != 1:
+        for state in states:  # composite keys: fall back to one lazy load each
+            getattr(state.obj(), prop.key)
+        return
+    loaded: list[Any] = []
+    for shard, members in by_shard.items():
+        values = sorted({v for s in members if (v := s.dict.get(local_key)) is not None}, key=repr)
+        children: list[Any] = []
+        if values:
+            stmt = select(target).where(remote_col.in_(values))
+            if prop.order_by and prop.direction is not MANYTOONE:
+                stmt = stmt.order_by(*prop.order_by)
+            children = session._run_select_on(shard, stmt, entities=True).scalars().all()
+        loaded.extend(children)
+        tmapper = inspect(target)
+        remote_key = tmapper.attribute_key_for_column(remote_col)
+        groups: dict[Any, list[Any]] = {}
+        for child in children:
+            groups.setdefault(instance_state(child).dict.get(remote_key), []).append(child)
+        for state in members:
+            found = groups.get(state.dict.get(local_key), [])
+            if prop.uselist:
+                set_committed_value(state.obj(), prop.key, list(found))
+            else:
+                set_committed_value(state.obj(), prop.key, found[0] if found else None)

@@ -40,3 +40,24 @@ class Order(Base):
     amount: Mapped[int]
     note: Mapped[str | None]
     customer: Mapped[Customer] = relationship(back_populates="orders")
+
+
+class Project(Base):
+    __tablename__ = "project"
+    __shard_key__ = "tenant_id"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[int]
+    name: Mapped[str]
+    tasks: Mapped[list[Task]] = relationship(
+        back_populates="project", lazy="selectin", order_by="Task.id"
+    )
+
+
+class Task(Base):
+    __tablename__ = "task"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("project.id"))
+    title: Mapped[str]
+    project: Mapped[Project] = relationship(back_populates="tasks")

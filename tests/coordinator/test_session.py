@@ -333,3 +333,36 @@ def test_do_orm_execute_can_reroute(s: Session) -> None:
     assert calls and all(
         inspect(s.get(Account, i, identity_token="s0")).identity_token == "s0" for i in ids
     )
+
+
+def test_selectin_loads_children_per_shard_in_one_query_each(s: Session) -> None:
+    from shardsession import event
+    from tests.coordinator.models import Project, Task
+
+    for t in range(1, 9):
+        s.add(
+            Project(tenant_id=t, name=f"p{t}", tasks=[Task(title=f"t{t}a"), Task(title=f"t{t}b")])
+        )
+    s.commit()
+    s.close()
+    statements: list[object] = []
+    event.listen(s, "do_orm_execute", lambda state: statements.append(state.statement))
+    projects = s.scalars(select(Project).order_by(Project.tenant_id)).all()
+    assert len(projects) == 8
+    issued = len(statements)
+    assert issued <= 1 + 4  # the query, then at most one IN query per shard
+    assert all("tasks" in inspect(p).dict for p in projects)
+    assert [t.title for t in projects[2].tasks] == ["t3a", "t3b"]
+    assert projects[2].tasks[0].project is projects[2]
+    assert len(statements) == issued  # reading them issued no more SQL
+
+
+def test_get_without_shard_key_asks_candidates_in_parallel(s: Session) -> None:
+    c = Customer(tenant_id=77, name="x")
+    s.add(c)
+    s.commit()
+    cid, shard = c.id, inspect(c).identity_token
+    s.close()
+    found = s.get(Customer, cid)  # pk does not hold the shard key: every shard is asked
+    assert found is not None and inspect(found).identity_token == shard
+    assert len(s.get_transaction()._handles) == len(s.pool.shards)
