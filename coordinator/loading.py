@@ -158,7 +158,7 @@ def load_attributes(session: Session, state: InstanceState, keys: set[str]) -> N
         stmt = select(*[getattr(cls, k) for k in col_keys])
         for column, value in zip(table.primary_key, pk, strict=True):
             stmt = stmt.where(column == value)
-        rows = session._run_select_on(shard, stmt).all()
+        rows = session._run_select_on(shard, stmt, load_kind="column", loaded_from=state).all()
         if not rows:
             raise ObjectDeletedError(
                 f"Instance {cls.__name__} {pk} has been deleted on shard {shard!r}, or its "
@@ -190,7 +190,13 @@ def _load_relationship(session: Session, state: InstanceState, prop: Any, shard:
         stmt = select(target)
         for column, value in values:
             stmt = stmt.where(column == value)
-        objs = session._run_select_on(shard, stmt, entities=True).scalars().all()
+        objs = (
+            session._run_select_on(
+                shard, stmt, entities=True, load_kind="relationship", loaded_from=state
+            )
+            .scalars()
+            .all()
+        )
         return objs[0] if objs else None
     stmt = select(target)
     for source_col, dest_col in prop.synchronize_pairs:
@@ -199,7 +205,13 @@ def _load_relationship(session: Session, state: InstanceState, prop: Any, shard:
         )
     if prop.order_by:
         stmt = stmt.order_by(*prop.order_by)
-    objs = session._run_select_on(shard, stmt, entities=True).scalars().all()
+    objs = (
+        session._run_select_on(
+            shard, stmt, entities=True, load_kind="relationship", loaded_from=state
+        )
+        .scalars()
+        .all()
+    )
     return list(objs) if prop.uselist else (objs[0] if objs else None)
 
 
@@ -256,7 +268,11 @@ def _selectin_one(session: Session, prop: Any, states: list[InstanceState]) -> N
             stmt = select(target).where(remote_col.in_(values))
             if prop.order_by and prop.direction is not MANYTOONE:
                 stmt = stmt.order_by(*prop.order_by)
-            children = session._run_select_on(shard, stmt, entities=True).scalars().all()
+            children = (
+                session._run_select_on(shard, stmt, entities=True, load_kind="relationship")
+                .scalars()
+                .all()
+            )
         loaded.extend(children)
         tmapper = inspect(target)
         remote_key = tmapper.attribute_key_for_column(remote_col)

@@ -679,9 +679,22 @@ class Session:
     # -- statements -------------------------------------------------------------
 
     def _run_select_on(
-        self, shard: str, stmt: Any, *, entities: bool = False, populate_existing: bool = False
+        self,
+        shard: str,
+        stmt: Any,
+        *,
+        entities: bool = False,
+        populate_existing: bool = False,
+        load_kind: str | None = None,
+        loaded_from: InstanceState | None = None,
     ) -> Any:
-        opts = {"populate_existing": True} if populate_existing else {}
+        from shardsession.coordinator.execute_state import LAZY_LOADED_FROM, LOAD_KIND
+
+        opts: dict[str, Any] = {"populate_existing": True} if populate_existing else {}
+        if load_kind is not None:
+            opts[LOAD_KIND] = load_kind
+        if loaded_from is not None:
+            opts[LAZY_LOADED_FROM] = loaded_from
         return self.execute(stmt, execution_options=opts, bind_arguments={"shard_id": shard})
 
     def execute(

@@ -12,6 +12,7 @@ from shardsession.workers.pool import WorkerPool
 from shardsession import (
     InvalidRequestError,
     PendingRollbackError,
+    TwoPhaseError,
     make_transient,
     make_transient_to_detached,
     object_session,
@@ -366,3 +367,70 @@ def test_get_without_shard_key_asks_candidates_in_parallel(s: Session) -> None:
     found = s.get(Customer, cid)  # pk does not hold the shard key: every shard is asked
     assert found is not None and inspect(found).identity_token == shard
     assert len(s.get_transaction()._handles) == len(s.pool.shards)
+
+
+def test_lazy_loads_are_flagged_on_the_execute_state(s: Session) -> None:
+    from shardsession import event
+
+    c = Customer(tenant_id=3, name="c", orders=[Order(amount=1)])
+    s.add(c)
+    s.commit()
+    seen = []
+    event.listen(
+        s,
+        "do_orm_execute",
+        lambda st: seen.append((st.is_relationship_load, st.is_column_load, st.lazy_loaded_from)),
+    )
+    assert c.name == "c"  # expired by commit: a column load
+    assert [o.amount for o in c.orders] == [1]  # a relationship load
+    assert seen[0][1] is True and seen[0][2] is inspect(c)
+    assert seen[1][0] is True and seen[1][2] is inspect(c)
+
+
+def test_failure_at_prepare_leaves_no_change_anywhere(s: Session, shard_dsns) -> None:
+    from shardsession.sql import text
+
+    ddl = (
+        "CREATE TABLE IF NOT EXISTS deferred_t (id int PRIMARY KEY, v int, "
+        "CONSTRAINT deferred_v UNIQUE (v) DEFERRABLE INITIALLY DEFERRED)"
+    )
+    for shard in s.pool.shards:
+        s.execute(text(ddl), bind_arguments={"shard_id": shard})
+    s.commit()
+    try:
+        s.execute(text("INSERT INTO deferred_t VALUES (1, 1)"), bind_arguments={"shard_id": "s0"})
+        # the duplicate only fails when the constraint is checked: at PREPARE
+        s.execute(
+            text("INSERT INTO deferred_t VALUES (1, 5), (2, 5)"), bind_arguments={"shard_id": "s1"}
+        )
+        with pytest.raises(TwoPhaseError, match="PREPARE failed"):
+            s.commit()
+        s.rollback()
+        counts = rows_on(shard_dsns, "SELECT count(*) FROM deferred_t")
+        assert all(v == [(0,)] for v in counts.values())
+        assert prepared_left(shard_dsns) == 0
+    finally:
+        for shard in s.pool.shards:
+            s.execute(text("DROP TABLE deferred_t"), bind_arguments={"shard_id": shard})
+        s.commit()
+
+
+def test_lost_worker_fails_the_transaction_only(s: Session, shard_dsns) -> None:
+    import os
+    import signal
+
+    from shardsession.exc import WorkerLostError
+
+    s.add(Account(id=1, tenant_id=1, owner="kept"))
+    s.commit()
+    a = s.get(Account, 1)
+    shard = inspect(a).identity_token
+    a.owner = "lost"
+    s.flush()
+    handle = s.get_transaction()._handles[shard]
+    os.kill(handle.pid, signal.SIGKILL)
+    a.balance = 5
+    with pytest.raises(WorkerLostError, match=f"of shard '{shard}' died"):
+        s.commit()
+    s.rollback()
+    assert s.get(Account, 1).owner == "kept"  # committed data intact; a new worker served it
