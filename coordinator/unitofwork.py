@@ -101,7 +101,7 @@ def _sync_foreign_keys(state: InstanceState) -> None:
                     continue
                 child = instance_state(child_obj)
                 for source_col, dest_col in prop.synchronize_pairs:
-                    value = dict_.get(mapper.attribute_key_for_column(source_col))
+                    value = _current(state, mapper.attribute_key_for_column(source_col))
                     key = child.mapper.attribute_key_for_column(dest_col)
                     if child.dict.get(key, NO_VALUE) != value:
                         setattr(child_obj, key, value)
@@ -117,6 +117,15 @@ def _sync_foreign_keys(state: InstanceState) -> None:
                     key = child.mapper.attribute_key_for_column(dest_col)
                     if key in child.dict and child.dict[key] is not None:
                         setattr(child_obj, key, None)
+
+
+def _current(state: InstanceState, key: str) -> Any:
+    """The attribute's value, loading it if it was expired (e.g. a key after commit)."""
+    if key in state.dict:
+        return state.dict[key]
+    if state.key is not None and state.obj() is not None:
+        return getattr(state.obj(), key)
+    return None
 
 
 def _table_order(session: Session, states: Iterable[InstanceState]) -> list[Any]:
@@ -150,10 +159,14 @@ def flush(session: Session, uow: UOWTransaction, send: Callable[..., Any]) -> No
     """
     for state in uow.new + uow.dirty:
         _sync_foreign_keys(state)
+
+    def shard_of(st: InstanceState) -> str | None:
+        return uow.shard_of.get(id(st)) or (st.key[2] if st.key is not None else None)
+
     for state in uow.new + uow.dirty:
         for prop in state.mapper.relationships.values():
             for obj in _linked(state, prop):
-                check_same_shard(state, instance_state(obj), uow.shard_of.get, prop)
+                check_same_shard(state, instance_state(obj), shard_of, prop)
 
     new_by_table: dict[int, list[InstanceState]] = defaultdict(list)
     for state in uow.new:

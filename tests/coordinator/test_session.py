@@ -434,3 +434,21 @@ def test_lost_worker_fails_the_transaction_only(s: Session, shard_dsns) -> None:
         s.commit()
     s.rollback()
     assert s.get(Account, 1).owner == "kept"  # committed data intact; a new worker served it
+
+
+def test_linking_objects_of_two_shards_is_refused_at_flush(s: Session) -> None:
+    customers = [Customer(tenant_id=t, name=f"c{t}") for t in range(1, 9)]
+    s.add_all(customers)
+    s.commit()
+    by_shard = {}
+    for c in customers:
+        by_shard.setdefault(inspect(c).identity_token, c)
+    first, second = list(by_shard.values())[:2]
+    order = Order(amount=1)
+    first.orders.append(order)
+    s.commit()
+    order.customer = second
+    with pytest.raises(InvalidRequestError, match="shard"):
+        s.flush()
+    s.rollback()
+    assert order.customer is first or order.customer_id == first.id
