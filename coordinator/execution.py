@@ -31,7 +31,10 @@ from shardsession.sql import update as sql_update
 if TYPE_CHECKING:
     from shardsession.coordinator.session import Session
 
-__all__ = ["ShardConnection", "execute", "get", "merge"]
+__all__ = ["CANDIDATE_SHARDS", "ShardConnection", "execute", "get", "merge"]
+
+#: execution option set by ``get()``: the shards the identity chooser allows
+CANDIDATE_SHARDS = "_ss_candidate_shards"
 
 
 def _is_select(statement: Any) -> bool:
@@ -79,11 +82,12 @@ def _execute_state(state: ORMExecuteState) -> Result:
     session: Session = state.session
     statement = state.statement
     options = state.execution_options
-    if session.autoflush and options.get("autoflush") is not False and state.is_select:
+    wants_flush = state.is_select or state.is_update or state.is_delete
+    if session.autoflush and options.get("autoflush") is not False and wants_flush:
         session._autoflush()
     trans = session._autobegin()
     trans._assert_active()
-    shards = session._router.shards_for_execute(state)
+    shards = options.get(CANDIDATE_SHARDS) or session._router.shards_for_execute(state)
     if not shards:
         return Result([], iter(()))
     params = state.parameters
@@ -139,23 +143,35 @@ def _run_everywhere(
     handles: dict[str, Any],
     options: Mapping[str, Any],
 ) -> Result:
-    args = compiled.construct_params(params)
-    fetch = "all" if compiled.returns_rows else "none"
+    mapper = _target_mapper(statement) if (compiled.is_update or compiled.is_delete) else None
+    sync_keys = mapper is not None and not compiled.returning
+    run = compiled
+    if sync_keys:
+        # learn which rows matched, to expire (UPDATE) or delete (DELETE) their objects
+        returning = statement.returning(*mapper.local_table.primary_key)
+        run = compile_statement(returning, column_keys=params.keys() if params else None)
+    args = run.construct_params(params)
+    fetch = "all" if run.returns_rows else "none"
     shards = list(handles)
-    if compiled.is_insert and len(shards) > 1 and not getattr(statement, "_shard_split", False):
+    if compiled.is_insert and len(shards) > 1:
         raise InvalidRequestError(
             f"an INSERT would go to {len(shards)} shards {shards}; route it to one with "
             "bind_arguments={'shard_id': ...} or execution_options(shard_id=...), or add the "
             "objects with session.add() so each row goes to its own shard"
         )
-    replies = gather([(handles[s], p.Execute(compiled.sql, args, fetch=fetch)) for s in shards])
+    replies = gather([(handles[s], p.Execute(run.sql, args, fetch=fetch)) for s in shards])
     rows: list[tuple[Any, ...]] = []
+    matched: list[tuple[Any, ...]] = []
     rowcount = 0
-    for reply in replies:
-        rows.extend(compiled.process_row(r) for r in reply.rows)
+    for shard, reply in zip(shards, replies, strict=True):
         rowcount += max(reply.rowcount, 0)
+        if sync_keys:
+            matched.extend((mapper.class_, tuple(r), shard) for r in reply.rows)
+        else:
+            rows.extend(compiled.process_row(r) for r in reply.rows)
+    if mapper is not None:
+        _synchronize_after_bulk(session, compiled, matched if sync_keys else None)
     if compiled.is_update or compiled.is_delete:
-        _synchronize_after_bulk(session, compiled)
         name = "after_bulk_update" if compiled.is_update else "after_bulk_delete"
         event.dispatch(session, name, _BulkContext(session, statement, rowcount))
     return Result(list(compiled.result_keys), iter(rows), rowcount=rowcount)
@@ -170,12 +186,30 @@ class _BulkContext:
         self.rowcount = rowcount
 
 
-def _synchronize_after_bulk(session: Session, compiled: Any) -> None:
-    # The rows an UPDATE/DELETE matched are not known here without RETURNING,
-    # so objects of the table are expired and reload what the shard now holds.
-    for obj in session.identity_map.values():
+def _synchronize_after_bulk(
+    session: Session, compiled: Any, matched: list[tuple[Any, ...]] | None
+) -> None:
+    """Bring the session's objects in line with an ORM UPDATE or DELETE.
+
+    With the matched identity keys (from RETURNING), updated objects are expired
+    and deleted ones leave the session, as SQLAlchemy's
+    ``synchronize_session="fetch"`` does; without them (the statement has its own
+    RETURNING) every object of the table is expired.
+    """
+    if matched is None:
+        for obj in session.identity_map.values():
+            state = instance_state(obj)
+            if state.mapper.local_table.name == compiled.table:
+                state._expire(None)
+        return
+    for key in matched:
+        obj = session.identity_map.get(key)
+        if obj is None:
+            continue
         state = instance_state(obj)
-        if state.mapper.local_table.name == compiled.table:
+        if compiled.is_delete:
+            session._register_deleted(state)
+        else:
             state._expire(None)
 
 
@@ -296,12 +330,8 @@ def get(
             .first()
         )
     # every candidate shard is asked in parallel, in one round trip
-    trans = session._autobegin()
-    trans._assert_active()
-    compiled = compile_statement(stmt)
-    handles = {shard: trans._handle(shard) for shard in shards}
-    found = _select(session, stmt, compiled, {}, handles, opts).scalars().first()
-    return found
+    opts[CANDIDATE_SHARDS] = list(shards)
+    return session.execute(stmt, execution_options=opts).scalars().first()
 
 
 # -- merge -----------------------------------------------------------------------

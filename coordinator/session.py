@@ -202,10 +202,16 @@ class Session:
         root = self.get_transaction()
         if root is None:
             return
-        while self._transaction is not None and self._transaction is not root:
-            self._transaction._state = self._transaction._state.__class__.CLOSED
-            self._transaction = self._transaction._parent
+        self._end_nested_levels(root)
         root.rollback()
+
+    def _end_nested_levels(self, root: SessionTransaction) -> None:
+        """Close the levels above ``root`` (the root's rollback undoes their work)."""
+        while self._transaction is not None and self._transaction is not root:
+            level = self._transaction
+            level._state = level._state.__class__.CLOSED
+            self._transaction = level._parent
+            event.dispatch(self, "after_transaction_end", self, level)
 
     def prepare(self) -> None:
         """Run the first phase of two-phase commit now; ``commit()`` completes it."""
@@ -223,12 +229,13 @@ class Session:
         self._close_impl()
 
     def _close_impl(self) -> None:
+        # Expunge before rolling back, so the detached objects keep their loaded values.
+        self.expunge_all()
         trans = self.get_transaction()
         if trans is not None:
-            self._transaction = trans
+            self._end_nested_levels(trans)
             trans.close()
         self._transaction = None
-        self.expunge_all()
 
     def __enter__(self) -> Session:
         return self
@@ -304,6 +311,7 @@ class Session:
     def add(self, instance: Any, _warn: bool = True) -> None:
         """Place ``instance`` in the session: pending if new, persistent if detached."""
         state = _state_of(instance)
+        self._autobegin()
         self._save_or_update(state)
         from shardsession.coordinator.unitofwork import _cascade_targets
 
@@ -318,6 +326,8 @@ class Session:
         if state.key is None:
             self._attach(state)
             self._new[id(state)] = state
+            if self._transaction is not None:
+                self._transaction._added[id(state)] = state
             state._strong_obj = state.obj()
             event.dispatch(self, "transient_to_pending", self, state.obj())
             return
@@ -345,6 +355,7 @@ class Session:
         state = _state_of(instance)
         if state.key is None:
             raise InvalidRequestError(f"Instance {instance!r} is not persisted")
+        self._autobegin()
         if state.session_id != id(self):
             self._save_or_update(state)
         self._delete_cascade(state, set())
@@ -357,6 +368,8 @@ class Session:
             self.expunge(state.obj())
             return
         self._deleted[id(state)] = state
+        if self._transaction is not None:
+            self._transaction._marked[id(state)] = state
         state._strong_obj = state.obj()
         for prop in state.mapper.relationships.values():
             if not prop.cascade.delete:
@@ -508,6 +521,15 @@ class Session:
             trans._fail()
             raise
         event.dispatch(self, "after_flush", self, uow)
+        # Only now do new/dirty/deleted lose what was flushed (listeners of
+        # after_flush still see the state before the flush, as in SQLAlchemy).
+        for state in uow.new:
+            self._new.pop(id(state), None)
+        for state in uow.deleted:
+            self._deleted.pop(id(state), None)
+        for state in uow.dirty:
+            if not state.deleted:
+                state._commit_all()
         event.dispatch(self, "after_flush_postexec", self, uow)
 
     def _orphans(self, uow: UOWTransaction) -> None:
@@ -566,7 +588,6 @@ class Session:
         key = (mapper.class_, pk, shard)
         obj = state.obj()  # keep it alive: marking persistent drops the session's strong ref
         state._mark_persistent(key, self, loader=self._loader, on_modified=self._on_modified)
-        self._new.pop(id(state), None)
         self.identity_map.add(key, obj)
         self._shard_of[id(state)] = shard
         trans = self._transaction
@@ -576,7 +597,6 @@ class Session:
 
     def _register_deleted(self, state: InstanceState) -> None:
         state._mark_deleted()
-        self._deleted.pop(id(state), None)
         if state.key is not None:
             self.identity_map.discard(state.key, state.obj())
         trans = self._transaction
@@ -596,7 +616,9 @@ class Session:
         for state in trans._deleted.values():
             state._detach()
             self._shard_of.pop(id(state), None)
-            event.dispatch(self, "deleted_to_detached", self, state.obj())
+            obj = state.obj()
+            if obj is not None:
+                event.dispatch(self, "deleted_to_detached", self, obj)
         for obj in self.identity_map.values():
             state = instance_state(obj)
             if self.expire_on_commit:
@@ -604,18 +626,24 @@ class Session:
             state._strong_obj = None
 
     def _restore_after_rollback(self, trans: SessionTransaction) -> None:
+        # objects garbage-collected meanwhile need no restoring
         for state in list(trans._new.values()):
-            if state.key is not None:
-                self.identity_map.discard(state.key, state.obj())
+            obj = state.obj()
+            if state.key is not None and obj is not None:
+                self.identity_map.discard(state.key, obj)
             self._shard_of.pop(id(state), None)
             state._make_transient()
-            event.dispatch(self, "persistent_to_transient", self, state.obj())
+            if obj is not None:
+                event.dispatch(self, "persistent_to_transient", self, obj)
         for state in list(trans._deleted.values()):
+            obj = state.obj()
+            if obj is None:
+                continue
             state._deleted = False
             if state.key is not None:
-                self.identity_map.add(state.key, state.obj())
+                self.identity_map.add(state.key, obj)
             self._attach(state)
-            event.dispatch(self, "deleted_to_persistent", self, state.obj())
+            event.dispatch(self, "deleted_to_persistent", self, obj)
         if trans._parent is None:
             for state in list(self._new.values()):
                 self._expunge_state(state)
@@ -624,6 +652,11 @@ class Session:
             for obj in self.identity_map.values():
                 instance_state(obj)._expire(None)
         else:
+            for state in trans._added.values():  # added inside the savepoint, not flushed
+                if id(state) in self._new:
+                    self._expunge_state(state)
+            for state in trans._marked.values():  # deleted inside it, not flushed
+                self._deleted.pop(id(state), None)
             for state in list(trans._dirty.values()) + list(trans._deleted.values()):
                 if state.key is not None and state.session_id == id(self):
                     state._expire(None)
@@ -658,6 +691,12 @@ class Session:
             )
         names = list(attribute_names) if attribute_names is not None else None
         state._expire(names)
+        if names is not None and not with_for_update:
+            # only the named attributes: other local changes are kept
+            self._autoflush()
+            with self.no_autoflush:
+                load_attributes(self, state, set(names))
+            return
         cls, pk, shard = state.key
         from shardsession.sql import select
 

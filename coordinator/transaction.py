@@ -95,6 +95,8 @@ class SessionTransaction:
         self._new: dict[int, InstanceState] = {}
         self._deleted: dict[int, InstanceState] = {}
         self._dirty: dict[int, InstanceState] = {}
+        self._added: dict[int, InstanceState] = {}  # session.add() while this level was current
+        self._marked: dict[int, InstanceState] = {}  # session.delete() likewise
         self._savepoint: str | None = None
         self._savepoint_shards: set[str] = set()
         if self.nested:
@@ -247,6 +249,8 @@ class SessionTransaction:
             parent._new.update(self._new)
             parent._deleted.update(self._deleted)
             parent._dirty.update(self._dirty)
+            parent._added.update(self._added)
+            parent._marked.update(self._marked)
             self._state = _State.COMMITTED
             session._pop_transaction(self)
             event.dispatch(session, "after_transaction_end", session, self)
@@ -319,8 +323,8 @@ class SessionTransaction:
         session._restore_after_rollback(self)
         self._state = _State.CLOSED
         event.dispatch(session, "after_rollback", session)
-        event.dispatch(session, "after_soft_rollback", session, self)
         self._close()
+        event.dispatch(session, "after_soft_rollback", session, self)
 
     def close(self) -> None:
         """Roll back what is not committed and end the transaction."""

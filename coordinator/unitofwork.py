@@ -182,10 +182,6 @@ def flush(session: Session, uow: UOWTransaction, send: Callable[..., Any]) -> No
         _write_updates(table, dirty_by_table.get(id(table), []), uow, send)
     for table in reversed(_table_order(session, uow.deleted)):
         _write_deletes(table, [s for s in uow.deleted if s.mapper.local_table is table], uow, send)
-    # Everything flushed is now the committed state (relationship changes included).
-    for state in uow.dirty:
-        if not state.deleted:
-            state._commit_all()
 
 
 def _sync_foreign_keys_from_parents(state: InstanceState) -> None:
@@ -288,15 +284,13 @@ def _write_updates(
         expected[shard].append((len(members), members))
     replies = send(calls)
     for shard, results in replies.items():
-        for (count, members), reply in zip(expected[shard], results, strict=True):
+        for (count, _members), reply in zip(expected[shard], results, strict=True):
             if reply.rowcount != count:
                 raise StaleDataError(
                     f"UPDATE of {table.name!r} on shard {shard!r} matched {reply.rowcount} "
                     f"row(s), expected {count}: a row was deleted or its key changed by "
                     "another transaction."
                 )
-            for state in members:
-                state._commit_all()
 
 
 def _write_deletes(
