@@ -17,6 +17,7 @@ from shardsession.coordinator.execute_state import ORMExecuteState, run_execute_
 from shardsession.coordinator.loading import result_keys_for, row_processor_for, selectin_load
 from shardsession.coordinator.result import Result
 from shardsession.coordinator.scatter import execute_plan, plan_select
+from shardsession.coordinator.unitofwork import pk_where
 from shardsession.workers.handle import gather
 
 from shardsession import event
@@ -24,7 +25,7 @@ from shardsession import protocol as p
 from shardsession.exc import InvalidRequestError
 from shardsession.orm.attributes import instance_state, set_committed_value
 from shardsession.orm.inspection import inspect
-from shardsession.sql import bindparam, compile_statement, select
+from shardsession.sql import compile_statement, select
 from shardsession.sql import insert as sql_insert
 from shardsession.sql import update as sql_update
 
@@ -488,9 +489,7 @@ def bulk_mappings(
                     f"bulk_update_mappings needs the primary key {missing} of "
                     f"{mapper.class_.__name__} in every mapping"
                 )
-            stmt = sql_update(table)
-            for column in pk_cols:
-                stmt = stmt.where(column == bindparam("pk_" + column.key))
+            stmt = pk_where(sql_update(table), table)
             set_keys = [k for k in keys if k not in {c.key for c in pk_cols}]
             if not set_keys:
                 continue

@@ -26,7 +26,7 @@ from shardsession.sql import bindparam, compile_statement, delete, insert, updat
 if TYPE_CHECKING:
     from shardsession.coordinator.session import Session
 
-__all__ = ["UOWTransaction", "flush"]
+__all__ = ["UOWTransaction", "flush", "pk_where"]
 
 _REL_PASSIVE = PASSIVE_NO_INITIALIZE | PassiveFlag.INCLUDE_PENDING_MUTATIONS
 
@@ -250,7 +250,8 @@ def _pk_params(state: InstanceState, prefix: str = "pk_") -> dict[str, Any]:
     return out
 
 
-def _pk_where(stmt: Any, table: Any) -> Any:
+def pk_where(stmt: Any, table: Any) -> Any:
+    """``stmt`` restricted to one row by primary key, as parameters ``pk_<column key>``."""
     for column in table.primary_key:
         stmt = stmt.where(column == bindparam("pk_" + column.key))
     return stmt
@@ -273,7 +274,7 @@ def _write_updates(
     calls: dict[str, list[p.Statement]] = defaultdict(list)
     expected: dict[str, list[tuple[int, list[InstanceState]]]] = defaultdict(list)
     for (shard, keys), members in groups.items():
-        stmt = _pk_where(update(table), table)
+        stmt = pk_where(update(table), table)
         compiled = compile_statement(stmt, column_keys=[*keys, *(_pk_params(members[0]))])
         params = []
         for state in members:
@@ -301,7 +302,7 @@ def _write_deletes(
         groups[uow.shard_of[id(state)]].append(state)
     if not groups:
         return
-    compiled = compile_statement(_pk_where(delete(table), table))
+    compiled = compile_statement(pk_where(delete(table), table))
     calls = {
         shard: [p.ExecuteMany(compiled.sql, [compiled.construct_params(_pk_params(s))
                                              for s in members])]
