@@ -152,7 +152,7 @@ def _run_everywhere(
         returning = statement.returning(*mapper.local_table.primary_key)
         run = compile_statement(returning, column_keys=params.keys() if params else None)
     args = run.construct_params(params)
-    fetch = "all" if run.returns_rows else "none"
+    fetch = "all" if run.returns_rows or run.is_text else "none"
     shards = list(handles)
     if compiled.is_insert and len(shards) > 1:
         raise InvalidRequestError(
@@ -175,7 +175,8 @@ def _run_everywhere(
     if compiled.is_update or compiled.is_delete:
         name = "after_bulk_update" if compiled.is_update else "after_bulk_delete"
         event.dispatch(session, name, _BulkContext(session, statement, rowcount))
-    return Result(list(compiled.result_keys), iter(rows), rowcount=rowcount)
+    keys = list(compiled.result_keys) or list(replies[0].columns if replies else ())
+    return Result(keys, iter(rows), rowcount=rowcount)
 
 
 class _BulkContext:

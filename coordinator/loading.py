@@ -147,6 +147,12 @@ def load_attributes(session: Session, state: InstanceState, keys: set[str]) -> N
     """Load expired columns or a lazy relationship of ``state`` from its own shard."""
     mapper = state.mapper
     if state.key is None:
+        # enable_relationship_loading(): relationships only, from the foreign keys,
+        # on the shards routing picks for the target
+        for key in keys:
+            if key in mapper.relationships:
+                value = _load_relationship(session, state, mapper.relationships[key], None)
+                set_committed_value(state.obj(), key, value)
         return
     cls, pk, shard = state.key
     relationships = mapper.relationships
@@ -171,7 +177,7 @@ def load_attributes(session: Session, state: InstanceState, keys: set[str]) -> N
         set_committed_value(obj, key, _load_relationship(session, state, prop, shard))
 
 
-def _load_relationship(session: Session, state: InstanceState, prop: Any, shard: str) -> Any:
+def _load_relationship(session: Session, state: InstanceState, prop: Any, shard: str | None) -> Any:
     target = prop.mapper.class_
     local_mapper = state.mapper
     if prop.direction is MANYTOONE:
@@ -183,7 +189,7 @@ def _load_relationship(session: Session, state: InstanceState, prop: Any, shard:
         if any(v is None for _, v in values):
             return None
         tmapper = inspect(target)
-        if [c for c, _ in values] == list(tmapper.local_table.primary_key):
+        if shard is not None and [c for c, _ in values] == list(tmapper.local_table.primary_key):
             found = session.identity_map.get((target, tuple(v for _, v in values), shard))
             if found is not None:
                 return found

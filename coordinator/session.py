@@ -719,7 +719,7 @@ class Session:
 
     def _run_select_on(
         self,
-        shard: str,
+        shard: str | None,
         stmt: Any,
         *,
         entities: bool = False,
@@ -734,7 +734,8 @@ class Session:
             opts[LOAD_KIND] = load_kind
         if loaded_from is not None:
             opts[LAZY_LOADED_FROM] = loaded_from
-        return self.execute(stmt, execution_options=opts, bind_arguments={"shard_id": shard})
+        bind = {"shard_id": shard} if shard is not None else {}
+        return self.execute(stmt, execution_options=opts, bind_arguments=bind)
 
     def execute(
         self,
@@ -834,6 +835,7 @@ class Session:
     def enable_relationship_loading(self, obj: Any) -> None:
         """Let a transient/pending object lazy-load its many-to-one relationships here."""
         state = _state_of(obj)
+        state.load_pending = True
         state._attach(self, loader=self._loader, on_modified=self._on_modified)
 
     def bulk_save_objects(

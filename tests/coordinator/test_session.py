@@ -452,3 +452,47 @@ def test_linking_objects_of_two_shards_is_refused_at_flush(s: Session) -> None:
         s.flush()
     s.rollback()
     assert order.customer is first or order.customer_id == first.id
+
+
+def test_get_and_refresh_options(s: Session, shard_dsns) -> None:
+    s.add(Account(id=1, tenant_id=1, owner="db", balance=1))
+    s.commit()
+    a = s.get(Account, 1)
+    shard = inspect(a).identity_token
+    with psycopg.connect(shard_dsns[shard], autocommit=True) as conn:
+        conn.execute("UPDATE acct SET owner = 'outside' WHERE id = 1")
+    assert s.get(Account, 1).owner == "db"  # identity map answers
+    assert s.get(Account, 1, populate_existing=True).owner == "outside"
+    locked = s.get(Account, 1, with_for_update=True)
+    assert locked is a
+    with psycopg.connect(shard_dsns[shard], autocommit=True) as conn:
+        conn.execute("SET lock_timeout = '200ms'")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            conn.execute("UPDATE acct SET owner = 'blocked' WHERE id = 1")
+    s.rollback()
+    s.refresh(a, with_for_update={"nowait": True})
+    assert a.owner == "outside"
+    s.commit()
+
+
+def test_connection_runs_raw_sql_in_the_session_transaction(s: Session) -> None:
+    s.add(Account(id=1, tenant_id=1, owner="a"))
+    s.flush()
+    shard = inspect(s.get(Account, 1)).identity_token
+    conn = s.connection(bind_arguments={"shard_id": shard})
+    assert conn.exec_driver_sql("SELECT owner FROM acct WHERE id = %s", (1,)).all() == [("a",)]
+    assert conn.execute(text("SELECT count(*) FROM acct")).scalar() == 1
+    s.rollback()
+    assert s.connection(shard_id=shard).execute(text("SELECT count(*) FROM acct")).scalar() == 0
+    with pytest.raises(InvalidRequestError, match="needs the shard"):
+        s.connection()
+
+
+def test_enable_relationship_loading_on_a_pending_object(s: Session) -> None:
+    c = Customer(tenant_id=5, name="c")
+    s.add(c)
+    s.commit()
+    cid = c.id
+    o = Order(amount=3, customer_id=cid)
+    s.enable_relationship_loading(o)
+    assert o.customer is c

@@ -267,7 +267,8 @@ class _RelationshipImpl(AttributeImpl):
         self.lazy = lazy
 
     def _should_load(self, state: InstanceState, passive: PassiveFlag) -> bool:
-        if state.key is None or self.lazy == "noload":
+        # Session.enable_relationship_loading() lets a keyless object load too.
+        if (state.key is None and not state.load_pending) or self.lazy == "noload":
             return False
         if self.lazy == "raise" and not passive & NO_RAISE:
             raise exc.InvalidRequestError(

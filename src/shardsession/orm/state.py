@@ -106,6 +106,9 @@ class InstanceState:
         self._pending_mutations: dict[str, PendingCollection] = {}
         self._empty_collections: dict[str, Any] = {}
         self._parents: dict[str, Any] = {}
+        #: set by ``Session.enable_relationship_loading``: relationships of this
+        #: transient or pending object may be lazy loaded from its foreign keys
+        self.load_pending = False
 
     def __repr__(self) -> str:
         return f"<InstanceState of {state_str(self)} {self._status}>"
