@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import enum
 import itertools
-import os
-import socket
 import time
+import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import psycopg
+import psycopg.sql
 from shardsession.workers.handle import WorkerHandle, gather
 
 from shardsession import event
@@ -27,25 +29,33 @@ from shardsession import protocol as p
 from shardsession.exc import (
     InvalidRequestError,
     PendingRollbackError,
+    TwoPhaseCommitPendingWarning,
     TwoPhaseError,
     WorkerLostError,
 )
+from shardsession.twophase import COMMIT_LOG, new_global_id, participant_gid
 
 if TYPE_CHECKING:
     from shardsession.coordinator.session import Session
 
     from shardsession.orm.state import InstanceState
 
-__all__ = ["SessionTransaction", "SessionTransactionOrigin", "global_transaction_id"]
+__all__ = ["SessionTransaction", "SessionTransactionOrigin"]
 
-GID_PREFIX = "ss"
-_COORDINATOR = f"{abs(hash(socket.gethostname())) % 36**4:x}{os.getpid():x}{int(time.time()):x}"
 _sequence = itertools.count(1)
+_COMMIT_RETRIES = 3
+
+#: Internal test hook (not a public feature): when set, it is called with the
+#: name of each crash point of the commit path -- ``"after_flush"``,
+#: ``"after_prepare_some"``, ``"after_prepare"``, ``"after_decision"``,
+#: ``"after_commit_some"`` -- so fault-injection tests can kill the process at
+#: exactly that point.
+crash_hook: Callable[[str], None] | None = None
 
 
-def global_transaction_id() -> str:
-    """A new global transaction id: coordinator id (host, pid, start time) + sequence."""
-    return f"{_COORDINATOR}{next(_sequence):x}"
+def _crash_point(name: str) -> None:
+    if crash_hook is not None:
+        crash_hook(name)
 
 
 class SessionTransactionOrigin(enum.Enum):
@@ -89,6 +99,7 @@ class SessionTransaction:
         self._handles: dict[str, WorkerHandle] = {}
         self._writers: set[str] = set()
         self._gid: str | None = None
+        self._commit_point = ""
         self._prepared: list[str] = []
         self._ended = False
         # per level: what changed in it, to restore on rollback
@@ -187,30 +198,83 @@ class SessionTransaction:
         self.session._flush_if_needed()
         self._prepare_writers()
 
-    def _prepare_writers(self) -> None:
+    def _prepare_writers(self, *, include_commit_point: bool = True) -> None:
+        """PREPARE the writers (all, or all but the commit point) in parallel.
+
+        Readers commit straight away.  Any failure rolls back every participant.
+        """
         root = self._root
-        self._gid = global_transaction_id()
         writers = sorted(root._writers & set(root._handles))
+        self._commit_point = writers[0]
+        self._gid = new_global_id(self._commit_point)
+        to_prepare = writers if include_commit_point else writers[1:]
         readers = [s for s in root._handles if s not in writers]
-        prepared: list[str] = []
+        calls = [(root._handles[s], p.Prepare(self.gid_for(s))) for s in to_prepare]
+        calls += [(root._handles[s], p.Commit()) for s in readers]
+        sent = []
         try:
-            calls = [(root._handles[s], p.Prepare(self.gid_for(s))) for s in writers]
-            calls += [(root._handles[s], p.Commit()) for s in readers]
-            gather(calls)
-            prepared = writers
+            for handle, request in calls:
+                handle.send(request)
+                sent.append(handle)
+            error: BaseException | None = None
+            for n, handle in enumerate(sent):
+                try:
+                    handle.recv()
+                except Exception as err:
+                    error = error or err
+                if n == 0:
+                    _crash_point("after_prepare_some")
+            if error is not None:
+                raise error
         except Exception as err:
+            for handle in sent:
+                handle.drain()
             self._abort_prepared(writers)
             self._fail()
             raise TwoPhaseError(
-                f"PREPARE failed on shards {writers}; the transaction was rolled back on every "
+                f"PREPARE failed on shards {to_prepare}; the transaction was rolled back on every "
                 f"shard: {err}"
             ) from err
-        self._prepared = prepared
+        self._prepared = to_prepare
         self._state = _State.PREPARED
+        _crash_point("after_prepare")
 
     def gid_for(self, shard: str) -> str:
         """The prepared-transaction id of this transaction on ``shard``."""
-        return f"{GID_PREFIX}_{self._gid}_{shard}"
+        return participant_gid(self._gid or "", shard)
+
+    def _decide(self) -> None:
+        """Make the commit decision durable on the commit-point shard.
+
+        Normally the commit point's own transaction records the decision and
+        commits in one phase: that commit is the decision.  After an explicit
+        ``prepare()`` every writer is prepared, so the record is written in a new
+        transaction on that shard instead.
+        """
+        root = self._root
+        handle = root._handles[self._commit_point]
+        others = [s for s in self._prepared if s != self._commit_point]
+        record = p.Execute(
+            f"INSERT INTO {COMMIT_LOG} (gid, outcome, participants) VALUES (%s, 'commit', %s)",
+            (self._gid, others),
+            fetch="none",
+        )
+        try:
+            handle.request(p.FlushBatch((record,)))
+            handle.request(p.Commit(expire=self.session.expire_on_commit))
+        except Exception as err:
+            if handle.alive():
+                try:
+                    handle.request(p.Rollback())
+                except Exception:
+                    pass
+            self._abort_prepared(self._prepared)
+            self._fail()
+            raise TwoPhaseError(
+                f"the commit decision could not be recorded on shard {self._commit_point!r}; "
+                f"the transaction was rolled back on every shard: {err}"
+            ) from err
+        _crash_point("after_decision")
 
     def _abort_prepared(self, writers: list[str]) -> None:
         root = self._root
@@ -231,6 +295,7 @@ class SessionTransaction:
         """Commit this level: RELEASE its savepoint, or commit the root on every shard."""
         session = self.session
         if self._state is _State.PREPARED:
+            self._decide()
             self._commit_prepared()
             self._finish_commit()
             return
@@ -267,13 +332,52 @@ class SessionTransaction:
                 self._fail()
                 raise
         else:
-            self._prepare_writers()
+            _crash_point("after_flush")
+            self._prepare_writers(include_commit_point=False)
+            self._decide()
             self._commit_prepared()
         self._finish_commit()
 
     def _commit_prepared(self) -> None:
+        """COMMIT PREPARED everywhere, retrying; what still fails is left to recovery.
+
+        The outcome is already decided, so ``commit()`` succeeds and warns, naming
+        the shards whose prepared transaction recovery will commit.
+        """
         root = self._root
-        gather([(root._handles[s], p.CommitPrepared(self.gid_for(s))) for s in self._prepared])
+        pending = list(self._prepared)
+        for attempt in range(_COMMIT_RETRIES):
+            failed = []
+            for n, shard in enumerate(pending):
+                try:
+                    self._commit_one(shard, root._handles.get(shard))
+                except Exception:
+                    failed.append(shard)
+                if n == 0 and attempt == 0:
+                    _crash_point("after_commit_some")
+            pending = failed
+            if not pending:
+                return
+            time.sleep(0.1 * (attempt + 1))
+        warnings.warn(
+            f"transaction {self._gid} is committed, but COMMIT PREPARED did not yet succeed on "
+            f"shards {pending}; recovery (pool.recover(), or the pool's background recovery) "
+            "will finish it",
+            TwoPhaseCommitPendingWarning,
+            stacklevel=4,
+        )
+
+    def _commit_one(self, shard: str, handle: WorkerHandle | None) -> None:
+        gid = self.gid_for(shard)
+        if handle is not None and handle.alive():
+            try:
+                handle.request(p.CommitPrepared(gid))
+                return
+            except WorkerLostError:
+                pass
+        # the worker is gone: a direct connection can finish it (from that database)
+        with psycopg.connect(self.session.pool.shards[shard], autocommit=True) as conn:
+            conn.execute(psycopg.sql.SQL("COMMIT PREPARED {}").format(psycopg.sql.Literal(gid)))
 
     def _finish_commit(self) -> None:
         session = self.session

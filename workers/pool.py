@@ -33,12 +33,15 @@ from shardsession.workers.main import worker_main
 from shardsession import protocol as p
 from shardsession.exc import (
     ArgumentError,
+    IntegrityError,
     InvalidRequestError,
     PoolTimeoutError,
     ShardNotFoundError,
     WorkerLostError,
 )
 from shardsession.preflight import check_shard_dsns
+from shardsession.recovery import RecoveryReport, recover
+from shardsession.twophase import COMMIT_LOG_DDL
 
 __all__ = ["WorkerPool", "create_pool"]
 
@@ -125,6 +128,10 @@ class WorkerPool:
     :param checkout_timeout: seconds a checkout waits for a free worker.
     :param monitor_interval: seconds between health checks of idle workers.
     :param check_two_phase: check ``max_prepared_transactions > 0`` on every shard first.
+    :param recovery_interval: seconds between background recovery runs (the first
+        runs at start); ``None`` turns background recovery off.
+    :param recovery_grace: seconds an undecided prepared transaction must have
+        existed before background recovery presumes it aborted.
     """
 
     def __init__(
@@ -140,6 +147,8 @@ class WorkerPool:
         checkout_timeout: float = 30.0,
         monitor_interval: float = 1.0,
         check_two_phase: bool = True,
+        recovery_interval: float | None = 30.0,
+        recovery_grace: float = 30.0,
     ) -> None:
         if not shards:
             raise ArgumentError("a pool needs at least one shard: create_pool({'s0': dsn, ...})")
@@ -151,6 +160,10 @@ class WorkerPool:
         self.max_idle = max_idle
         self.checkout_timeout = checkout_timeout
         self.monitor_interval = monitor_interval
+        self.recovery_interval = recovery_interval
+        self.recovery_grace = recovery_grace
+        self.last_recovery: RecoveryReport | None = None
+        self._next_recovery = time.monotonic()
         self.options = {"connect_timeout": connect_timeout, "statement_timeout": statement_timeout}
         self.id = next(_pool_ids)
         self._ctx = _context(start_method)
@@ -166,6 +179,7 @@ class WorkerPool:
         started = time.perf_counter()
         self._start_workers([s for s in self.shards for _ in range(workers_per_shard)])
         self.startup_seconds = time.perf_counter() - started
+        self._ensure_commit_log()
         self._monitor = threading.Thread(
             target=_monitor_loop,
             args=(weakref.ref(self), monitor_interval),
@@ -294,6 +308,15 @@ class WorkerPool:
 
     # -- health --------------------------------------------------------------
 
+    def _background_recovery(self) -> None:
+        if self.recovery_interval is None or time.monotonic() < self._next_recovery:
+            return
+        self._next_recovery = time.monotonic() + self.recovery_interval
+        try:
+            self.last_recovery = recover(self.shards, older_than=self.recovery_grace)
+        except Exception:
+            pass  # a shard may be down; the next round tries again
+
     def _check(self) -> None:
         """One monitor round: drop dead idle workers, refill, retire idle overflow."""
         retire: list[WorkerHandle] = []
@@ -342,6 +365,16 @@ class WorkerPool:
             out[status["shard"]].append(status)
         return out
 
+    def _ensure_commit_log(self) -> None:
+        """Create the two-phase commit log table on every shard (if missing)."""
+        for attempt in range(3):
+            try:
+                self._run_ddl([COMMIT_LOG_DDL])
+                return
+            except IntegrityError:
+                if attempt == 2:  # two pools creating it at once; the other one won
+                    raise
+
     def _run_ddl(self, statements: list[str]) -> None:
         """Run DDL on every shard, each shard in one transaction, all shards in parallel.
 
@@ -362,6 +395,13 @@ class WorkerPool:
         finally:
             for handle in handles:
                 self.checkin(handle)
+
+    def recover(self, *, older_than: float = 10.0, dry_run: bool = False) -> RecoveryReport:
+        """Settle in-doubt two-phase commits on this pool's shards.
+
+        See :func:`shardsession.recovery.recover`.
+        """
+        return recover(self.shards, older_than=older_than, dry_run=dry_run)
 
     def worker_pids(self) -> dict[str, list[int]]:
         """The process ids of the live workers, by shard."""
@@ -404,6 +444,7 @@ def _monitor_loop(pool_ref: weakref.ref[WorkerPool], interval: float) -> None:
             return
         try:
             pool._check()
+            pool._background_recovery()
         except WorkerLostError:
             pass
         del pool

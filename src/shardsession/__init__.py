@@ -20,6 +20,8 @@ from shardsession.coordinator.transaction import (
 )
 from shardsession.exc import *  # noqa: F403
 from shardsession.orm import *  # noqa: F403
+from shardsession.recovery import RecoveryReport as RecoveryReport
+from shardsession.recovery import recover as recover
 from shardsession.sql import *  # noqa: F403
 from shardsession.workers.pool import WorkerPool as WorkerPool
 from shardsession.workers.pool import create_pool as create_pool

@@ -27,6 +27,7 @@ from typing import Any
 from shardsession.embedded import LocalCluster, default_cluster_path
 from shardsession.exc import ShardSessionError
 from shardsession.preflight import check_shard_dsns, describe_dsn
+from shardsession.recovery import recover
 
 __all__ = ["build_parser", "main"]
 
@@ -60,6 +61,21 @@ def build_parser() -> argparse.ArgumentParser:
     down = sub.add_parser("down", help="stop the local cluster")
     common(down)
     down.add_argument("--remove", action="store_true", help="also delete the cluster folder")
+
+    rec = sub.add_parser("recover", help="settle in-doubt two-phase commits")
+    rec.add_argument(
+        "--dsn", action="append", help="a shard DSN (repeat); default: the local cluster's shards"
+    )
+    rec.add_argument("--path", default=None, help="the local cluster folder (without --dsn)")
+    rec.add_argument(
+        "--older-than",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="presume undecided transactions older than this aborted (10)",
+    )
+    rec.add_argument("--dry-run", action="store_true", help="report only; change nothing")
+    rec.add_argument("--json", action="store_true", help="print JSON for scripts")
 
     check = sub.add_parser("check", help="check shard DSNs: reachable, two-phase commit on")
     check.add_argument(
@@ -129,7 +145,38 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"up": _cmd_up, "status": _cmd_status, "down": _cmd_down, "check": _cmd_check}
+def _cmd_recover(args: argparse.Namespace) -> int:
+    if args.dsn:
+        dsns = {f"shard{i}": dsn for i, dsn in enumerate(args.dsn)}
+    else:
+        cluster = LocalCluster(shards=1, path=args.path)
+        info = cluster.status()
+        if not info["running"]:
+            print(f"error: no running cluster at {info['path']}; give --dsn", file=sys.stderr)
+            return 2
+        dsns = {s["shard"]: s["dsn"] for inst in info["instances"] for s in inst["shards"]}
+    report = recover(dsns, older_than=args.older_than, dry_run=args.dry_run)
+    verb = "would be" if args.dry_run else "were"
+    lines = [
+        f"{len(report.committed)} prepared transaction(s) {verb} committed, "
+        f"{len(report.rolled_back)} rolled back, {len(report.waiting)} left waiting; "
+        f"{report.pruned} decision record(s) pruned"
+    ]
+    lines += [f"  committed {g}" for g in report.committed]
+    lines += [f"  rolled back {g}" for g in report.rolled_back]
+    lines += [f"  waiting {g}" for g in report.waiting]
+    lines += [f"  shard {s}: {m}" for s, m in report.errors.items()]
+    _print(args, report.as_dict(), "\n".join(lines))
+    return 1 if report.errors else 0
+
+
+_COMMANDS = {
+    "up": _cmd_up,
+    "status": _cmd_status,
+    "down": _cmd_down,
+    "check": _cmd_check,
+    "recover": _cmd_recover,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

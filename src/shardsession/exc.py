@@ -35,6 +35,7 @@ __all__ = [
     "ShardNotFoundError",
     "ShardSessionError",
     "StaleDataError",
+    "TwoPhaseCommitPendingWarning",
     "TwoPhaseError",
     "TwoPhaseNotEnabledError",
     "UnmappedClassError",
@@ -125,6 +126,10 @@ class PoolTimeoutError(ShardSessionError, TimeoutError):
 
 class TwoPhaseError(ShardSessionError):
     """A two-phase commit could not be completed as asked."""
+
+
+class TwoPhaseCommitPendingWarning(UserWarning):
+    """A decided commit could not yet finish on some shards; recovery will finish it."""
 
 
 class DBAPIError(ShardSessionError):

@@ -122,3 +122,29 @@ def test_check_rejects_server_without_two_phase_commit(tmp_path: Path) -> None:
             ok.stop(remove=True)
     finally:
         cluster.stop(remove=True)
+
+
+def test_recover_command_settles_and_reports(tmp_path: Path) -> None:
+    cluster = LocalCluster(shards=2, path=tmp_path / "c", durable=False)
+    dsns = cluster.start()
+    try:
+        for dsn in dsns.values():
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("CREATE TABLE t (id int)")
+        # a prepared transaction with no decision (its coordinator is gone)
+        gid = "ss_dead-1-" + b"s0".hex() + "_s1"
+        with psycopg.connect(dsns["s1"]) as conn:
+            conn.execute("INSERT INTO t VALUES (1)")
+            conn.execute(f"PREPARE TRANSACTION '{gid}'")
+        path = ["--path", str(tmp_path / "c")]
+        dry = run_cli("recover", *path, "--older-than", "0", "--dry-run", "--json")
+        assert dry.returncode == 0, dry.stderr
+        assert json.loads(dry.stdout)["rolled_back"] == [gid]
+        done = run_cli("recover", *path, "--older-than", "0")
+        assert done.returncode == 0, done.stderr
+        assert "1 rolled back" in done.stdout and gid in done.stdout
+        with psycopg.connect(dsns["s1"]) as conn:
+            assert conn.execute("SELECT count(*) FROM pg_prepared_xacts").fetchone() == (0,)
+            assert conn.execute("SELECT count(*) FROM t").fetchone() == (0,)
+    finally:
+        cluster.stop(remove=True)

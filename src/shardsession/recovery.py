@@ -1,0 +1,198 @@
+"""Recovery of in-doubt two-phase commits: what a crash leaves prepared.
+
+For every shard database, the prepared transactions named by shardsession
+(``ss_<global id>_<shard>``) are listed.  Each is settled by its decision on
+its commit-point shard (see :mod:`shardsession.twophase`): a ``commit`` record
+means COMMIT PREPARED.  With no record, and once the transaction is older than a
+grace period, recovery records ``abort`` there first (presumed abort) -- which
+blocks behind, and then loses to, a coordinator still writing its commit
+record -- and then runs ROLLBACK PREPARED.  COMMIT/ROLLBACK PREPARED run from a
+connection to the database that holds the transaction.  Decision records are
+pruned once no participant of theirs is still prepared.  Several recoverers
+(processes or machines) may run at once: each shard is handled under an
+advisory lock, and a shard whose lock is held is skipped this round.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from shardsession.twophase import COMMIT_LOG, COMMIT_LOG_DDL, parse_gid
+
+__all__ = ["RecoveryReport", "recover"]
+
+_LOCK_KEY = 0x5348_5244  # "SHRD": the recovery advisory lock, per shard database
+
+
+@dataclass
+class RecoveryReport:
+    """What one recovery run did.
+
+    :ivar committed: gids committed (their decision was ``commit``).
+    :ivar rolled_back: gids rolled back (no decision: presumed abort).
+    :ivar waiting: gids left alone: younger than the grace period, or undecidable now
+        (commit point unreachable).
+    :ivar pruned: decision records deleted because nothing of theirs is prepared any more.
+    :ivar skipped_shards: shards another recoverer was working on.
+    :ivar errors: shard -> message, for shards that could not be reached.
+    """
+
+    committed: list[str] = field(default_factory=list)
+    rolled_back: list[str] = field(default_factory=list)
+    waiting: list[str] = field(default_factory=list)
+    pruned: int = 0
+    skipped_shards: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+    dry_run: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as plain data (for ``--json``)."""
+        return {
+            "committed": self.committed,
+            "rolled_back": self.rolled_back,
+            "waiting": self.waiting,
+            "pruned": self.pruned,
+            "skipped_shards": self.skipped_shards,
+            "errors": self.errors,
+            "dry_run": self.dry_run,
+        }
+
+
+@contextlib.contextmanager
+def _connect(dsn: str) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+        yield conn
+
+
+def _decision(dsn: str, global_id: str, *, presume_abort: bool, dry_run: bool) -> str | None:
+    """The decision of ``global_id`` on its commit point; records abort when allowed."""
+    with _connect(dsn) as conn:
+        conn.execute(COMMIT_LOG_DDL)
+        row = conn.execute(
+            f"SELECT outcome FROM {COMMIT_LOG} WHERE gid = %s", (global_id,)
+        ).fetchone()
+        if row is not None or not presume_abort:
+            return row[0] if row else None
+        if dry_run:
+            return "abort"
+        # Blocks while a coordinator's transaction holding the same key is open;
+        # whichever commits first decides, and the other fails on the key.
+        conn.execute("SET lock_timeout = '10s'")
+        try:
+            conn.execute(
+                f"INSERT INTO {COMMIT_LOG} (gid, outcome) VALUES (%s, 'abort') "
+                "ON CONFLICT (gid) DO NOTHING",
+                (global_id,),
+            )
+        except psycopg.errors.LockNotAvailable:
+            return None
+        row = conn.execute(
+            f"SELECT outcome FROM {COMMIT_LOG} WHERE gid = %s", (global_id,)
+        ).fetchone()
+        return row[0] if row else None
+
+
+def recover(
+    dsns: Mapping[str, str], *, older_than: float = 10.0, dry_run: bool = False
+) -> RecoveryReport:
+    """Settle every in-doubt shardsession transaction on ``dsns`` (shard -> DSN).
+
+    :param older_than: seconds a prepared transaction without a decision must have
+        existed before it is presumed aborted.
+    :param dry_run: report what would be done, change nothing.
+    """
+    report = RecoveryReport(dry_run=dry_run)
+    # Taken before any listing: a decision recorded before its shard's cutoff had
+    # all its participants prepared before the listing, so the listing sees them.
+    cutoff: dict[str, Any] = {}
+    for shard, dsn in dsns.items():
+        with contextlib.suppress(psycopg.OperationalError), _connect(dsn) as conn:
+            cutoff[shard] = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+    prepared: dict[str, list[tuple[str, float]]] = {}
+    for shard, dsn in dsns.items():
+        try:
+            with _connect(dsn) as conn:
+                prepared[shard] = [
+                    (gid, float(age))
+                    for gid, age in conn.execute(
+                        "SELECT gid, extract(epoch FROM now() - prepared) FROM pg_prepared_xacts "
+                        "WHERE database = current_database() AND gid LIKE 'ss\\_%%'"
+                    )
+                ]
+        except psycopg.OperationalError as err:
+            report.errors[shard] = str(err).strip()
+    still_prepared: set[str] = set()
+    for shard, items in prepared.items():
+        try:
+            with _connect(dsns[shard]) as conn:
+                if not conn.execute("SELECT pg_try_advisory_lock(%s)", (_LOCK_KEY,)).fetchone()[0]:
+                    report.skipped_shards.append(shard)
+                    still_prepared.update(g for g, _ in items)
+                    continue
+                for gid, age in items:
+                    if not _settle(conn, dsns, gid, age, older_than, dry_run, report):
+                        still_prepared.add(gid)
+        except psycopg.OperationalError as err:
+            report.errors[shard] = str(err).strip()
+            still_prepared.update(g for g, _ in items)
+    if not dry_run and not report.errors:
+        report.pruned = _prune(dsns, still_prepared, cutoff)
+    return report
+
+
+def _settle(
+    conn: psycopg.Connection[Any],
+    dsns: Mapping[str, str],
+    gid: str,
+    age: float,
+    older_than: float,
+    dry_run: bool,
+    report: RecoveryReport,
+) -> bool:
+    """Settle one prepared transaction; False when it stays prepared."""
+    parsed = parse_gid(gid)
+    if parsed is None or parsed.commit_point not in dsns:
+        report.waiting.append(gid)
+        return False
+    try:
+        outcome = _decision(
+            dsns[parsed.commit_point],
+            parsed.global_id,
+            presume_abort=age >= older_than,
+            dry_run=dry_run,
+        )
+    except psycopg.OperationalError:
+        outcome = None
+    if outcome is None:
+        report.waiting.append(gid)
+        return False
+    command = "COMMIT PREPARED" if outcome == "commit" else "ROLLBACK PREPARED"
+    if not dry_run:
+        with contextlib.suppress(psycopg.errors.UndefinedObject):  # settled meanwhile
+            conn.execute(sql.SQL(command + " {}").format(sql.Literal(gid)))
+    (report.committed if outcome == "commit" else report.rolled_back).append(gid)
+    return True
+
+
+def _prune(dsns: Mapping[str, str], still_prepared: set[str], cutoff: Mapping[str, Any]) -> int:
+    """Delete decision records (older than the cutoff) none of whose participants is prepared."""
+    live = {p.global_id for g in still_prepared if (p := parse_gid(g)) is not None}
+    pruned = 0
+    for shard, dsn in dsns.items():
+        if shard not in cutoff:
+            continue
+        with contextlib.suppress(psycopg.OperationalError), _connect(dsn) as conn:
+            conn.execute(COMMIT_LOG_DDL)
+            rows = conn.execute(
+                f"DELETE FROM {COMMIT_LOG} WHERE decided_at < %s "
+                "AND NOT (gid = ANY(%s)) RETURNING gid",
+                (cutoff[shard], sorted(live)),
+            ).fetchall()
+            pruned += len(rows)
+    return pruned
