@@ -41,7 +41,7 @@ from shardsession.exc import (
 )
 from shardsession.preflight import check_shard_dsns
 from shardsession.recovery import RecoveryReport, recover
-from shardsession.twophase import COMMIT_LOG_DDL
+from shardsession.twophase import COMMIT_LOG_DDL, MAX_SHARD_NAME
 
 __all__ = ["WorkerPool", "create_pool"]
 
@@ -152,6 +152,13 @@ class WorkerPool:
     ) -> None:
         if not shards:
             raise ArgumentError("a pool needs at least one shard: create_pool({'s0': dsn, ...})")
+        too_long = [name for name in shards if len(name.encode()) > MAX_SHARD_NAME]
+        if too_long:
+            raise ArgumentError(
+                f"shard names {too_long} are longer than {MAX_SHARD_NAME} bytes; two-phase "
+                "commit names each prepared transaction after its shard and PostgreSQL allows "
+                "200 characters. Use shorter shard names."
+            )
         if workers_per_shard < 1:
             raise ArgumentError(f"workers_per_shard must be at least 1, not {workers_per_shard}")
         self.shards = dict(shards)

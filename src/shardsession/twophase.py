@@ -32,6 +32,7 @@ __all__ = [
     "COMMIT_LOG",
     "COMMIT_LOG_DDL",
     "GID_PREFIX",
+    "MAX_SHARD_NAME",
     "ParsedGid",
     "new_global_id",
     "parse_gid",
@@ -46,6 +47,9 @@ COMMIT_LOG_DDL = (
     "participants text[] NOT NULL DEFAULT '{}', decided_at timestamptz NOT NULL DEFAULT now())"
 )
 _MAX_GID = 200  # PostgreSQL's limit for a prepared transaction's name
+#: longest shard name (bytes) a pool accepts: with the longest coordinator id and
+#: sequence, ``ss_<coord>-<seq>-<hex(commit point)>_<shard>`` then stays within 200
+MAX_SHARD_NAME = 48
 
 _COORDINATOR = (
     f"{abs(hash(socket.gethostname())) % 36**4:x}{os.getpid():x}{int(time.time()) % 36**5:x}"
@@ -55,7 +59,7 @@ _sequence = itertools.count(1)
 
 def new_global_id(commit_point: str, coordinator: str | None = None) -> str:
     """A new global transaction id naming its commit-point shard."""
-    coord = (coordinator or _COORDINATOR).replace("-", "").replace("_", "")
+    coord = (coordinator or _COORDINATOR).replace("-", "").replace("_", "")[:20]
     return f"{coord}-{next(_sequence):x}-{commit_point.encode().hex()}"
 
 

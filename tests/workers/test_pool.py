@@ -269,3 +269,29 @@ def test_a_script_without_main_guard_works(shard_dsns: dict[str, str], tmp_path)
         )
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == "7"
+
+
+def test_pool_refuses_servers_without_two_phase_commit(tmp_path) -> None:
+    from shardsession.embedded import LocalCluster
+    from shardsession.exc import TwoPhaseNotEnabledError
+
+    cluster = LocalCluster(
+        shards=1, path=tmp_path / "c", durable=False, settings={"max_prepared_transactions": 0}
+    )
+    try:
+        dsns = cluster.start()
+        with pytest.raises(TwoPhaseNotEnabledError, match="max_prepared_transactions = 0"):
+            create_pool(dsns)
+    finally:
+        cluster.stop(remove=True)
+
+
+def test_shard_names_that_could_overflow_a_gid_are_refused(shard_dsns) -> None:
+    from shardsession.exc import ArgumentError
+    from shardsession.twophase import MAX_SHARD_NAME, new_global_id, participant_gid
+
+    longest = "x" * MAX_SHARD_NAME
+    gid = participant_gid(new_global_id(longest, "c" * 40), longest)
+    assert len(gid) <= 200
+    with pytest.raises(ArgumentError, match="longer than"):
+        create_pool({"y" * (MAX_SHARD_NAME + 1): shard_dsns["s0"]})
