@@ -259,8 +259,10 @@ class SessionTransaction:
             (self._gid, others),
             fetch="none",
         )
+        # the decision must survive a crash even where synchronous_commit is off
+        durable = p.Execute("SET LOCAL synchronous_commit TO on", fetch="none")
         try:
-            handle.request(p.FlushBatch((record,)))
+            handle.request(p.FlushBatch((durable, record)))
             handle.request(p.Commit(expire=self.session.expire_on_commit))
         except Exception as err:
             if handle.alive():

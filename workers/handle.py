@@ -6,6 +6,8 @@ import contextlib
 import time
 from typing import Any
 
+from shardsession.workers.main import CONNECTION_LOST
+
 from shardsession import protocol as p
 from shardsession.exc import WorkerLostError
 
@@ -47,7 +49,13 @@ class WorkerHandle:
     def _lost(self, doing: str) -> WorkerLostError:
         self.lost = True
         code = self.process.exitcode
-        how = f"exit code {code}" if code is not None else "its pipe closed"
+        if code is None:
+            self.process.join(0.2)  # it may be exiting right now
+            code = self.process.exitcode
+        if code == CONNECTION_LOST:
+            how = "it lost its connection to PostgreSQL"
+        else:
+            how = f"exit code {code}" if code is not None else "its pipe closed"
         return WorkerLostError(
             f"worker {self.name} (pid {self.pid}) of shard {self.shard!r} died while {doing} "
             f"({how}); the transaction it held on that shard is gone (committed data is "

@@ -21,7 +21,10 @@ from shardsession.workers.errors import failure_from
 
 from shardsession import protocol as p
 
-__all__ = ["worker_main"]
+__all__ = ["CONNECTION_LOST", "worker_main"]
+
+#: exit status of a worker whose PostgreSQL connection went away while it was idle
+CONNECTION_LOST = 4
 
 
 def _parent_alive(pid: int) -> bool:
@@ -77,7 +80,18 @@ def worker_main(
 
 
 def _serve(pipe: Any, shard_conn: Any) -> None:
+    from multiprocess.connection import wait
+
+    socket_fd = shard_conn.conn.fileno()
     while True:
+        # Between requests, also watch the server socket: a server that restarts or
+        # drops the connection ends this worker at once, so the pool never lends a
+        # worker whose connection is dead (it starts a fresh one instead).
+        ready = wait([pipe, socket_fd])
+        if pipe not in ready:
+            if not shard_conn.connection_alive():
+                raise SystemExit(CONNECTION_LOST)
+            continue
         try:
             request = p.recv_message(pipe)
         except (EOFError, OSError):

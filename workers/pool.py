@@ -128,6 +128,9 @@ class WorkerPool:
     :param checkout_timeout: seconds a checkout waits for a free worker.
     :param monitor_interval: seconds between health checks of idle workers.
     :param check_two_phase: check ``max_prepared_transactions > 0`` on every shard first.
+    :param pre_ping: check each worker's connection at checkout (one round trip);
+        without it, only the idle workers of a shard that just lost a connection
+        (say, its server restarted) are checked.
     :param recovery_interval: seconds between background recovery runs (the first
         runs at start); ``None`` turns background recovery off.
     :param recovery_grace: seconds an undecided prepared transaction must have
@@ -149,6 +152,7 @@ class WorkerPool:
         check_two_phase: bool = True,
         recovery_interval: float | None = 30.0,
         recovery_grace: float = 30.0,
+        pre_ping: bool = False,
     ) -> None:
         if not shards:
             raise ArgumentError("a pool needs at least one shard: create_pool({'s0': dsn, ...})")
@@ -168,6 +172,8 @@ class WorkerPool:
         self.checkout_timeout = checkout_timeout
         self.monitor_interval = monitor_interval
         self.recovery_interval = recovery_interval
+        self.pre_ping = pre_ping
+        self._suspect: set[int] = set()  # pids of idle workers to check before lending
         self.recovery_grace = recovery_grace
         self.last_recovery: RecoveryReport | None = None
         self._next_recovery = time.monotonic()
@@ -283,11 +289,28 @@ class WorkerPool:
                     self._lock.wait(remaining)
                 if not start_one:
                     handle = slots.idle.pop()
-                    if handle.alive():
+                    if not handle.alive():
+                        self._forget(handle)
+                        continue
+                    check = self.pre_ping or handle.pid in self._suspect
+                    self._suspect.discard(handle.pid)
+                    if not check:
                         return handle
-                    self._forget(handle)
-                    continue
-            self._start_workers([shard])
+            if start_one:
+                self._start_workers([shard])
+                continue
+            if self._connection_ok(handle):
+                return handle
+            with self._lock:
+                self._forget(handle)
+            handle.stop(0.5)
+
+    def _connection_ok(self, handle: WorkerHandle) -> bool:
+        try:
+            handle.request(p.Ping(check_connection=True))
+        except Exception:
+            return False
+        return True
 
     def checkin(self, handle: WorkerHandle) -> None:
         """Give a worker back.  A lost worker is dropped (and replaced by the monitor)."""
@@ -295,6 +318,9 @@ class WorkerPool:
             handle.drain()
         with self._lock:
             if self._closed or handle.lost or not handle.process.is_alive():
+                if not self._closed:
+                    # its connection may have died with the server: check its siblings
+                    self._suspect.update(h.pid for h in self._slots[handle.shard].idle)
                 self._forget(handle)
                 closed = self._closed
             else:

@@ -90,6 +90,14 @@ class ShardConnection:
         """Run ``request``; return its reply value (exceptions propagate)."""
         return self._handlers[type(request)](request)
 
+    def connection_alive(self) -> bool:
+        """Read what the server sent while idle; False when the connection is gone."""
+        try:
+            self.conn.pgconn.consume_input()
+        except psycopg.OperationalError:
+            return False
+        return not self.conn.broken and self.conn.pgconn.status == psycopg.pq.ConnStatus.OK
+
     def close(self) -> None:
         """Roll back any transaction and close the connection."""
         if not self.conn.closed:

@@ -547,7 +547,10 @@ class LocalCluster:
             "include_if_exists": "'shardsession.conf'",
         }
         if not self.durable:
-            settings.update(fsync="off", synchronous_commit="off", full_page_writes="off")
+            # fsync off is safe against a crash of PostgreSQL itself (only an operating
+            # system crash loses data); synchronous_commit stays on, or a crashed
+            # commit-point server could lose a commit decision already reported.
+            settings.update(fsync="off", full_page_writes="off")
         settings.update(self.settings)
         conf = "".join(f"{key} = {value}\n" for key, value in settings.items())
         with open(data / "postgresql.conf", "a") as handle:

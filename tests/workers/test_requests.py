@@ -17,13 +17,13 @@ from shardsession.exc import IntegrityError, ProgrammingError, ShardNotFoundErro
 @pytest.fixture
 def worker(shard_pool: WorkerPool, clean_shards: dict[str, str]) -> Iterator[WorkerHandle]:
     handle = shard_pool.checkout("s0")
-    handle.request(p.Execute("CREATE TABLE IF NOT EXISTS acct (id int PRIMARY KEY, owner text)"))
+    handle.request(p.Execute("CREATE TABLE IF NOT EXISTS wacct (id int PRIMARY KEY, owner text)"))
     handle.request(p.Commit())
     try:
         yield handle
     finally:
         handle.request(p.Rollback())
-        handle.request(p.Execute("DROP TABLE IF EXISTS acct"))
+        handle.request(p.Execute("DROP TABLE IF EXISTS wacct"))
         handle.request(p.Commit())
         shard_pool.checkin(handle)
 
@@ -32,8 +32,8 @@ def test_execute_returns_columns_rows_and_rowcount(worker: WorkerHandle) -> None
     rows = worker.request(p.Execute("SELECT %(a)s::int + 1 AS x, 'y' AS y", {"a": 41}))
     assert rows.columns == ("x", "y")
     assert rows.rows == [(42, "y")]
-    worker.request(p.Execute("INSERT INTO acct VALUES (1, 'a'), (2, 'b')"))
-    updated = worker.request(p.Execute("UPDATE acct SET owner = 'z'", fetch="none"))
+    worker.request(p.Execute("INSERT INTO wacct VALUES (1, 'a'), (2, 'b')"))
+    updated = worker.request(p.Execute("UPDATE wacct SET owner = 'z'", fetch="none"))
     assert updated.rowcount == 2
 
 
@@ -45,53 +45,53 @@ def test_errors_carry_sqlstate_shard_and_class(worker: WorkerHandle) -> None:
     assert "on shard 's0'" in str(info.value)
     assert info.value.statement == "SELECT * FROM no_such_table"
     worker.request(p.Rollback())
-    worker.request(p.Execute("INSERT INTO acct VALUES (1, 'a')"))
+    worker.request(p.Execute("INSERT INTO wacct VALUES (1, 'a')"))
     with pytest.raises(IntegrityError) as dup:
-        worker.request(p.Execute("INSERT INTO acct VALUES (1, 'again')"))
+        worker.request(p.Execute("INSERT INTO wacct VALUES (1, 'again')"))
     assert dup.value.sqlstate == "23505"
     status = worker.request(p.Rollback())
     assert status is None
 
 
 def test_commit_and_rollback_follow_the_coordinator(worker: WorkerHandle, shard_dsns) -> None:
-    worker.request(p.Execute("INSERT INTO acct VALUES (1, 'kept')"))
+    worker.request(p.Execute("INSERT INTO wacct VALUES (1, 'kept')"))
     worker.request(p.Commit())
-    worker.request(p.Execute("INSERT INTO acct VALUES (2, 'dropped')"))
+    worker.request(p.Execute("INSERT INTO wacct VALUES (2, 'dropped')"))
     worker.request(p.Rollback())
     with psycopg.connect(shard_dsns["s0"]) as conn:
-        assert conn.execute("SELECT id FROM acct").fetchall() == [(1,)]
+        assert conn.execute("SELECT id FROM wacct").fetchall() == [(1,)]
 
 
 def test_begin_isolation_level_and_savepoints(worker: WorkerHandle) -> None:
     worker.request(p.Begin(isolation_level="repeatable_read"))
     level = worker.request(p.Execute("SHOW transaction_isolation")).rows[0][0]
     assert level == "repeatable read"
-    worker.request(p.Execute("INSERT INTO acct VALUES (1, 'outer')"))
+    worker.request(p.Execute("INSERT INTO wacct VALUES (1, 'outer')"))
     worker.request(p.Savepoint("sp1"))
-    worker.request(p.Execute("INSERT INTO acct VALUES (2, 'inner')"))
+    worker.request(p.Execute("INSERT INTO wacct VALUES (2, 'inner')"))
     worker.request(p.RollbackToSavepoint("sp1"))
     worker.request(p.Savepoint("sp2"))
-    worker.request(p.Execute("INSERT INTO acct VALUES (3, 'kept')"))
+    worker.request(p.Execute("INSERT INTO wacct VALUES (3, 'kept')"))
     worker.request(p.ReleaseSavepoint("sp2"))
-    assert worker.request(p.Execute("SELECT id FROM acct ORDER BY id")).rows == [(1,), (3,)]
+    assert worker.request(p.Execute("SELECT id FROM wacct ORDER BY id")).rows == [(1,), (3,)]
     worker.request(p.Commit())
 
 
 def test_execute_many_copy_and_flush_batch(worker: WorkerHandle) -> None:
     inserted = worker.request(
         p.ExecuteMany(
-            "INSERT INTO acct VALUES (%s, %s) RETURNING id", [(1, "a"), (2, "b")], returning=True
+            "INSERT INTO wacct VALUES (%s, %s) RETURNING id", [(1, "a"), (2, "b")], returning=True
         )
     )
     assert [r.rows for r in inserted] == [[(1,)], [(2,)]]
-    copied = worker.request(p.CopyRows("acct", ("id", "owner"), [(3, "c"), (4, None)]))
+    copied = worker.request(p.CopyRows("wacct", ("id", "owner"), [(3, "c"), (4, None)]))
     assert copied.rowcount == 2
     batch = worker.request(
         p.FlushBatch(
             (
-                p.ExecuteMany("UPDATE acct SET owner = %s WHERE id = %s", [("x", 1), ("y", 2)]),
-                p.Execute("DELETE FROM acct WHERE id = %s", (3,), fetch="none"),
-                p.Execute("SELECT id, owner FROM acct ORDER BY id"),
+                p.ExecuteMany("UPDATE wacct SET owner = %s WHERE id = %s", [("x", 1), ("y", 2)]),
+                p.Execute("DELETE FROM wacct WHERE id = %s", (3,), fetch="none"),
+                p.Execute("SELECT id, owner FROM wacct ORDER BY id"),
             )
         )
     )
@@ -105,14 +105,14 @@ def test_flush_batch_stops_at_the_first_error(worker: WorkerHandle) -> None:
         worker.request(
             p.FlushBatch(
                 (
-                    p.Execute("INSERT INTO acct VALUES (1, 'a')", fetch="none"),
-                    p.Execute("INSERT INTO acct VALUES (1, 'dup')", fetch="none"),
-                    p.Execute("INSERT INTO acct VALUES (2, 'never')", fetch="none"),
+                    p.Execute("INSERT INTO wacct VALUES (1, 'a')", fetch="none"),
+                    p.Execute("INSERT INTO wacct VALUES (1, 'dup')", fetch="none"),
+                    p.Execute("INSERT INTO wacct VALUES (2, 'never')", fetch="none"),
                 )
             )
         )
     worker.request(p.Rollback())
-    assert worker.request(p.Execute("SELECT count(*) FROM acct")).rows == [(0,)]
+    assert worker.request(p.Execute("SELECT count(*) FROM wacct")).rows == [(0,)]
 
 
 def test_streaming_in_chunks(worker: WorkerHandle) -> None:
@@ -139,31 +139,31 @@ def test_large_bytes_travel_out_of_band(worker: WorkerHandle) -> None:
 
 
 def test_two_phase_commands_and_recover_scan(worker: WorkerHandle, shard_dsns) -> None:
-    worker.request(p.Execute("INSERT INTO acct VALUES (1, 'prepared')"))
+    worker.request(p.Execute("INSERT INTO wacct VALUES (1, 'prepared')"))
     worker.request(p.Prepare("sstest_1_s0"))
     found = worker.request(p.RecoverScan("sstest_"))
     assert [x["gid"] for x in found] == ["sstest_1_s0"]
     assert worker.request(p.CommitPrepared("sstest_1_s0")) is True
     assert worker.request(p.CommitPrepared("sstest_1_s0")) is False  # already resolved
-    worker.request(p.Execute("INSERT INTO acct VALUES (2, 'undone')"))
+    worker.request(p.Execute("INSERT INTO wacct VALUES (2, 'undone')"))
     worker.request(p.Prepare("sstest_2_s0"))
     assert worker.request(p.RollbackPrepared("sstest_2_s0")) is True
     assert worker.request(p.RecoverScan("sstest_")) == []
     with psycopg.connect(shard_dsns["s0"]) as conn:
-        assert conn.execute("SELECT id FROM acct").fetchall() == [(1,)]
+        assert conn.execute("SELECT id FROM wacct").fetchall() == [(1,)]
 
 
 def test_identity_map_sends_known_rows_as_keys(worker: WorkerHandle) -> None:
-    worker.request(p.Execute("INSERT INTO acct VALUES (1, 'a'), (2, 'b')"))
-    spec = p.IdentitySpec("acct", (0,))
-    query = p.Execute("SELECT id, owner FROM acct ORDER BY id", identity=spec)
+    worker.request(p.Execute("INSERT INTO wacct VALUES (1, 'a'), (2, 'b')"))
+    spec = p.IdentitySpec("wacct", (0,))
+    query = p.Execute("SELECT id, owner FROM wacct ORDER BY id", identity=spec)
     first = worker.request(query)
     assert first.rows == [(1, "a"), (2, "b")] and first.keys == [(1,), (2,)]
-    worker.request(p.Execute("UPDATE acct SET owner = 'B' WHERE id = 2"))
+    worker.request(p.Execute("UPDATE wacct SET owner = 'B' WHERE id = 2"))
     second = worker.request(query)
     assert second.rows == [None, (2, "B")]  # row 1 unchanged: key only
-    assert worker.request(p.IdentityGet("acct", ((1,), (3,)))) == {(1,): (1, "a")}
-    worker.request(p.IdentityExpire("acct", ((1,),)))
+    assert worker.request(p.IdentityGet("wacct", ((1,), (3,)))) == {(1,): (1, "a")}
+    worker.request(p.IdentityExpire("wacct", ((1,),)))
     assert worker.request(query).rows == [(1, "a"), None]
     worker.request(p.IdentityClear())
     assert worker.request(query).rows == [(1, "a"), (2, "B")]
