@@ -33,6 +33,7 @@ from shardsession.exc import (
     TwoPhaseError,
     WorkerLostError,
 )
+from shardsession.recovery import settle_decision
 from shardsession.twophase import COMMIT_LOG, new_global_id, participant_gid
 
 if TYPE_CHECKING:
@@ -263,19 +264,33 @@ class SessionTransaction:
         durable = p.Execute("SET LOCAL synchronous_commit TO on", fetch="none")
         try:
             handle.request(p.FlushBatch((durable, record)))
+        except Exception as err:
+            # nothing was committed on the commit point: abort everywhere
+            self._give_up(handle, err, "the commit decision could not be recorded")
+        try:
             handle.request(p.Commit(expire=self.session.expire_on_commit))
         except Exception as err:
-            if handle.alive():
-                try:
-                    handle.request(p.Rollback())
-                except Exception:
-                    pass
-            self._abort_prepared(self._prepared)
-            self._fail()
-            raise TwoPhaseError(
-                f"the commit decision could not be recorded on shard {self._commit_point!r}; "
-                f"the transaction was rolled back on every shard: {err}"
-            ) from err
+            # The COMMIT may have happened even though its reply was lost: settle
+            # the outcome as recovery does, never guess.
+            try:
+                outcome = settle_decision(
+                    self.session.pool.shards[self._commit_point],
+                    self._gid or "",
+                    presume_abort=True,
+                    dry_run=False,
+                )
+            except Exception:
+                outcome = None
+            if outcome is None:
+                self._fail()
+                raise TwoPhaseError(
+                    f"the outcome of transaction {self._gid} is unknown: its commit point "
+                    f"{self._commit_point!r} cannot be reached ({err}). The prepared shards "
+                    f"{others} stay prepared until recovery settles them "
+                    "(pool.recover() or `shardsession recover`)."
+                ) from err
+            if outcome != "commit":
+                self._give_up(handle, err, "the commit of the decision failed")
         _crash_point("after_decision")
 
     def _abort_prepared(self, writers: list[str]) -> None:
@@ -339,6 +354,20 @@ class SessionTransaction:
             self._decide()
             self._commit_prepared()
         self._finish_commit()
+
+    def _give_up(self, handle: WorkerHandle, err: BaseException, what: str) -> None:
+        """Roll back the commit point and every prepared participant, then raise."""
+        if handle.alive():
+            try:
+                handle.request(p.Rollback())
+            except Exception:
+                pass
+        self._abort_prepared(self._prepared)
+        self._fail()
+        raise TwoPhaseError(
+            f"{what} on shard {self._commit_point!r}; the transaction was rolled back on "
+            f"every shard: {err}"
+        ) from err
 
     def _commit_prepared(self) -> None:
         """COMMIT PREPARED everywhere, retrying; what still fails is left to recovery.

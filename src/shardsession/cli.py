@@ -64,7 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     rec = sub.add_parser("recover", help="settle in-doubt two-phase commits")
     rec.add_argument(
-        "--dsn", action="append", help="a shard DSN (repeat); default: the local cluster's shards"
+        "--dsn",
+        action="append",
+        metavar="SHARD=DSN",
+        help="a shard's name and DSN, e.g. s0=postgresql://... (repeat for every shard; "
+        "the names must be the pool's shard names); default: the local cluster's shards",
     )
     rec.add_argument("--path", default=None, help="the local cluster folder (without --dsn)")
     rec.add_argument(
@@ -145,9 +149,25 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+_LIBPQ_KEYWORDS = {
+    "host", "hostaddr", "port", "dbname", "user", "password", "passfile", "options",
+    "sslmode", "connect_timeout", "application_name", "service", "target_session_attrs",
+}  # fmt: skip
+
+
 def _cmd_recover(args: argparse.Namespace) -> int:
     if args.dsn:
-        dsns = {f"shard{i}": dsn for i, dsn in enumerate(args.dsn)}
+        dsns = {}
+        for item in args.dsn:
+            name, sep, dsn = item.partition("=")
+            if not sep or not name or name in _LIBPQ_KEYWORDS or " " in name:
+                print(
+                    f"error: --dsn {item!r} needs the shard's name: --dsn s0=postgresql://... "
+                    "(recovery finds each transaction's commit point by shard name)",
+                    file=sys.stderr,
+                )
+                return 2
+            dsns[name] = dsn
     else:
         cluster = LocalCluster(shards=1, path=args.path)
         info = cluster.status()

@@ -25,7 +25,7 @@ from psycopg import sql
 
 from shardsession.twophase import COMMIT_LOG, COMMIT_LOG_DDL, parse_gid
 
-__all__ = ["RecoveryReport", "recover"]
+__all__ = ["RecoveryReport", "recover", "settle_decision"]
 
 _LOCK_KEY = 0x5348_5244  # "SHRD": the recovery advisory lock, per shard database
 
@@ -70,8 +70,13 @@ def _connect(dsn: str) -> Iterator[psycopg.Connection[Any]]:
         yield conn
 
 
-def _decision(dsn: str, global_id: str, *, presume_abort: bool, dry_run: bool) -> str | None:
-    """The decision of ``global_id`` on its commit point; records abort when allowed."""
+def settle_decision(dsn: str, global_id: str, *, presume_abort: bool, dry_run: bool) -> str | None:
+    """The decision of ``global_id`` on its commit point (``dsn``).
+
+    With ``presume_abort``, records ``abort`` when there is no decision yet --
+    waiting behind a commit record still being written -- and returns what won.
+    None when it cannot be known now (lock wait timed out).
+    """
     with _connect(dsn) as conn:
         conn.execute(COMMIT_LOG_DDL)
         row = conn.execute(
@@ -161,7 +166,7 @@ def _settle(
         report.waiting.append(gid)
         return False
     try:
-        outcome = _decision(
+        outcome = settle_decision(
             dsns[parsed.commit_point],
             parsed.global_id,
             presume_abort=age >= older_than,

@@ -140,7 +140,10 @@ def test_recover_command_settles_and_reports(tmp_path: Path) -> None:
         dry = run_cli("recover", *path, "--older-than", "0", "--dry-run", "--json")
         assert dry.returncode == 0, dry.stderr
         assert json.loads(dry.stdout)["rolled_back"] == [gid]
-        done = run_cli("recover", *path, "--older-than", "0")
+        unnamed = run_cli("recover", "--dsn", dsns["s0"], "--older-than", "0")
+        assert unnamed.returncode == 2 and "needs the shard's name" in unnamed.stderr
+        named = [a for s, d in dsns.items() for a in ("--dsn", f"{s}={d}")]
+        done = run_cli("recover", *named, "--older-than", "0")
         assert done.returncode == 0, done.stderr
         assert "1 rolled back" in done.stdout and gid in done.stdout
         with psycopg.connect(dsns["s1"]) as conn:
