@@ -60,7 +60,9 @@ class _RunState:
     def run_path(self) -> Path:
         """The embedded cluster folder of this test run (created on first use)."""
         if self._run_path is None:
-            self._run_path = tempfile.mkdtemp(prefix="shardsession-pytest-")
+            _reap_abandoned_runs()
+            self._run_path = tempfile.mkdtemp(prefix=_RUN_PREFIX)
+            Path(self._run_path, _OWNER).write_text(str(os.getpid()))
             self.owns_run_path = True
         return Path(self._run_path)
 
@@ -69,6 +71,35 @@ class _RunState:
         if self.owns_run_path and self._run_path is not None:
             LocalCluster(shards=1, path=self._run_path).stop(remove=True)
             shutil.rmtree(self._run_path, ignore_errors=True)
+
+
+_RUN_PREFIX = "shardsession-pytest-"
+_OWNER = "controller.pid"
+
+
+def _reap_abandoned_runs() -> None:
+    """Stop the clusters of earlier runs whose controlling process was killed.
+
+    A run that ends normally stops its own cluster; one killed with SIGKILL
+    cannot, so the next run cleans up after it.
+    """
+    for folder in Path(tempfile.gettempdir()).glob(_RUN_PREFIX + "*"):
+        try:
+            pid = int((folder / _OWNER).read_text())
+        except (OSError, ValueError):
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # still running
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        try:
+            LocalCluster(shards=1, path=folder).stop(remove=True)
+        except Exception:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+from pathlib import Path
+
 import psycopg
 import pytest
 
@@ -10,6 +14,10 @@ pytest_plugins = ["pytester"]
 SAMPLE_SUITE = """
 import os
 import time
+
+import os
+import subprocess
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -60,3 +68,22 @@ def test_each_worker_gets_its_own_databases(
     # The run's server was stopped after the last worker finished.
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(records[0][3], connect_timeout=3)
+
+
+def test_clusters_of_killed_runs_are_reaped(tmp_path) -> None:
+    import tempfile
+
+    from shardsession.embedded import LocalCluster
+    from shardsession.pytest_plugin import _OWNER, _RUN_PREFIX, _reap_abandoned_runs
+
+    folder = tempfile.mkdtemp(prefix=_RUN_PREFIX)
+    os.chmod(folder, 0o755)
+    cluster = LocalCluster(shards=1, path=folder, durable=False)
+    dsn = cluster.start()["s0"]
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (Path(folder) / _OWNER).write_text(str(dead.pid))  # its controller is gone
+    _reap_abandoned_runs()
+    assert not Path(folder).exists()
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(dsn, connect_timeout=3)
