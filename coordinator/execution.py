@@ -18,13 +18,13 @@ from shardsession.coordinator.loading import result_keys_for, row_processor_for,
 from shardsession.coordinator.result import Result
 from shardsession.coordinator.scatter import execute_plan, plan_select
 from shardsession.coordinator.unitofwork import pk_where
-from shardsession.workers.handle import gather
 
 from shardsession import event
 from shardsession import protocol as p
 from shardsession.exc import InvalidRequestError
 from shardsession.orm.attributes import instance_state, set_committed_value
 from shardsession.orm.inspection import inspect
+from shardsession.protocol import gather
 from shardsession.sql import compile_statement, select
 from shardsession.sql import insert as sql_insert
 from shardsession.sql import update as sql_update

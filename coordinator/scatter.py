@@ -43,7 +43,7 @@ from shardsession.coordinator import merge as m
 from shardsession.coordinator.result import Result
 
 from shardsession.exc import InvalidRequestError
-from shardsession.protocol import CloseCursor, Execute, FetchMore
+from shardsession.protocol import CloseCursor, Execute, FetchMore, gather
 from shardsession.sql.columns import ColumnClause
 from shardsession.sql.compiled import CompiledStatement, ParamRef
 from shardsession.sql.compiler import compile_statement
@@ -526,32 +526,7 @@ class _ShardStreams:
         calls = [(self.handles[pos], CloseCursor(cur)) for pos, cur in self.cursors.items()]
         self.cursors.clear()
         if calls:
-            _gather(calls)
-
-
-def _gather(calls: Sequence[tuple[Any, Any]]) -> list[Any]:
-    # Send every request before reading any reply; on an error, still read every
-    # reply (no worker is left with one unread) and raise the first error.
-    sent = []
-    try:
-        for handle, request in calls:
-            handle.send(request)
-            sent.append(handle)
-    except BaseException:
-        for handle in sent:
-            handle.drain()
-        raise
-    out: list[Any] = []
-    error: BaseException | None = None
-    for handle in sent:
-        try:
-            out.append(handle.recv())
-        except Exception as err:
-            out.append(None)
-            error = error or err
-    if error is not None:
-        raise error
-    return out
+            gather(calls)
 
 
 def execute_plan(
@@ -586,7 +561,7 @@ def execute_plan(
     shards = list(handles)
     shard_handles = [handles[s] for s in shards]
     request = plan.request(stream_chunk=stream_chunk)
-    replies = _gather([(h, request) for h in shard_handles])
+    replies = gather([(h, request) for h in shard_handles])
     compiled = plan.compiled
     if row_processor is None and compiled.result_processors:
         if tag_shard:

@@ -17,7 +17,6 @@ from shardsession.coordinator.identity import IdentityMap
 from shardsession.coordinator.loading import load_attributes
 from shardsession.coordinator.transaction import SessionTransaction, SessionTransactionOrigin
 from shardsession.coordinator.unitofwork import UOWTransaction, flush
-from shardsession.workers.handle import gather
 
 from shardsession import event
 from shardsession import protocol as p
@@ -31,6 +30,7 @@ from shardsession.orm.attributes import instance_state
 from shardsession.orm.base import PASSIVE_NO_INITIALIZE
 from shardsession.orm.inspection import inspect
 from shardsession.orm.state import InstanceState
+from shardsession.protocol import gather
 
 __all__ = ["Session", "close_all_sessions", "object_session", "sessionmaker"]
 

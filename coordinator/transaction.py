@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 import psycopg.sql
-from shardsession.workers.handle import WorkerHandle, gather
 
 from shardsession import event
 from shardsession import protocol as p
@@ -33,6 +32,7 @@ from shardsession.exc import (
     TwoPhaseError,
     WorkerLostError,
 )
+from shardsession.protocol import gather
 from shardsession.recovery import settle_decision
 from shardsession.twophase import COMMIT_LOG, new_global_id, participant_gid
 
@@ -97,7 +97,7 @@ class SessionTransaction:
         self._state = _State.ACTIVE
         self._root: SessionTransaction = parent._root if parent is not None else self
         # root only: the checked-out workers and which shards were written
-        self._handles: dict[str, WorkerHandle] = {}
+        self._handles: dict[str, Any] = {}
         self._writers: set[str] = set()
         self._gid: str | None = None
         self._commit_point = ""
@@ -135,7 +135,7 @@ class SessionTransaction:
 
     # -- workers ---------------------------------------------------------------
 
-    def _handle(self, shard: str) -> WorkerHandle:
+    def _handle(self, shard: str) -> Any:
         """The worker for ``shard`` in this transaction (checked out on first use)."""
         self._assert_active()
         root = self._root
@@ -355,7 +355,7 @@ class SessionTransaction:
             self._commit_prepared()
         self._finish_commit()
 
-    def _give_up(self, handle: WorkerHandle, err: BaseException, what: str) -> None:
+    def _give_up(self, handle: Any, err: BaseException, what: str) -> None:
         """Roll back the commit point and every prepared participant, then raise."""
         if handle.alive():
             try:
@@ -398,7 +398,7 @@ class SessionTransaction:
             stacklevel=4,
         )
 
-    def _commit_one(self, shard: str, handle: WorkerHandle | None) -> None:
+    def _commit_one(self, shard: str, handle: Any | None) -> None:
         gid = self.gid_for(shard)
         if handle is not None and handle.alive():
             try:

@@ -10,8 +10,11 @@ from shardsession.workers.main import CONNECTION_LOST
 
 from shardsession import protocol as p
 from shardsession.exc import WorkerLostError
+from shardsession.protocol import gather
 
 __all__ = ["WorkerHandle", "gather"]
+
+# ``gather`` lives in the protocol module (both sides use it); re-exported here.
 
 
 class WorkerHandle:
@@ -110,32 +113,3 @@ class WorkerHandle:
         self.lost = True
         with contextlib.suppress(Exception):
             self.pipe.close()
-
-
-def gather(calls: list[tuple[WorkerHandle, p.Request]]) -> list[Any]:
-    """Send every request first, then collect the replies in order.
-
-    If any reply is an error, every other reply is still read (so no worker is
-    left with an unread reply) and the first error is raised.
-    """
-    sent: list[WorkerHandle] = []
-    try:
-        for handle, request in calls:
-            handle.send(request)
-            sent.append(handle)
-    except Exception:
-        for handle in sent:
-            handle.drain()
-        raise
-    results: list[Any] = []
-    first_error: BaseException | None = None
-    for handle, _ in calls:
-        try:
-            results.append(handle.recv())
-        except Exception as err:
-            results.append(err)
-            if first_error is None:
-                first_error = err
-    if first_error is not None:
-        raise first_error
-    return results

@@ -54,6 +54,7 @@ __all__ = [
     "Statement",
     "decode",
     "encode",
+    "gather",
     "recv_message",
     "send_message",
 ]
@@ -379,3 +380,36 @@ def recv_message(conn: _Connection) -> Any:
 def large_bytes(value: bytes) -> bytes | pickle.PickleBuffer:
     """Wrap a big ``bytes`` value so that it is sent out of band."""
     return pickle.PickleBuffer(value) if len(value) >= OUT_OF_BAND_MIN else value
+
+
+def gather(calls: Sequence[tuple[Any, Request]]) -> list[Any]:
+    """Send every request first, then collect the replies in order.
+
+    ``calls`` pairs a worker handle (anything with ``send``, ``recv`` and
+    ``drain``) with its request: a statement for several shards goes to all of
+    them before any reply is awaited.
+
+    If any reply is an error, every other reply is still read (so no worker is
+    left with an unread reply) and the first error is raised.
+    """
+    sent: list[Any] = []
+    try:
+        for handle, request in calls:
+            handle.send(request)
+            sent.append(handle)
+    except Exception:
+        for handle in sent:
+            handle.drain()
+        raise
+    results: list[Any] = []
+    first_error: BaseException | None = None
+    for handle, _ in calls:
+        try:
+            results.append(handle.recv())
+        except Exception as err:
+            results.append(err)
+            if first_error is None:
+                first_error = err
+    if first_error is not None:
+        raise first_error
+    return results
