@@ -21,7 +21,7 @@ from shardsession.coordinator.unitofwork import pk_where
 
 from shardsession import event
 from shardsession import protocol as p
-from shardsession.exc import InvalidRequestError
+from shardsession.exc import InvalidRequestError, ObjectDeletedError
 from shardsession.orm.attributes import instance_state, set_committed_value
 from shardsession.orm.inspection import inspect
 from shardsession.protocol import gather
@@ -306,8 +306,8 @@ def get(
                 if state.expired_attributes:
                     try:
                         state._load(set(state.expired_attributes))
-                    except Exception:
-                        return None
+                    except ObjectDeletedError:
+                        return None  # deleted on its shard meanwhile
                 return obj
     session._autoflush()
     stmt = select(mapper.class_)

@@ -16,7 +16,12 @@ from typing import Any
 from shardsession.coordinator.identity import IdentityMap
 from shardsession.coordinator.loading import load_attributes
 from shardsession.coordinator.transaction import SessionTransaction, SessionTransactionOrigin
-from shardsession.coordinator.unitofwork import UOWTransaction, flush
+from shardsession.coordinator.unitofwork import (
+    UOWTransaction,
+    cascade_targets,
+    flush,
+    linked_states,
+)
 
 from shardsession import event
 from shardsession import protocol as p
@@ -29,6 +34,7 @@ from shardsession.exc import (
 from shardsession.orm.attributes import instance_state
 from shardsession.orm.base import PASSIVE_NO_INITIALIZE
 from shardsession.orm.inspection import inspect
+from shardsession.orm.relationships import ONETOMANY
 from shardsession.orm.state import InstanceState
 from shardsession.protocol import gather
 
@@ -313,9 +319,7 @@ class Session:
         state = _state_of(instance)
         self._autobegin()
         self._save_or_update(state)
-        from shardsession.coordinator.unitofwork import _cascade_targets
-
-        for child in _cascade_targets(self, [state]):
+        for child in cascade_targets(self, [state]):
             self._save_or_update(child)
 
     def _save_or_update(self, state: InstanceState) -> None:
@@ -490,13 +494,11 @@ class Session:
             self._flushing = False
 
     def _flush(self, objects: Sequence[Any] | None) -> None:
-        from shardsession.coordinator.unitofwork import _cascade_targets
-
         trans = self._autobegin()
         trans._assert_active()
         uow = UOWTransaction(self)
         event.dispatch(self, "before_flush", self, uow, objects)
-        for child in _cascade_targets(self, [*self._new.values(), *self.identity_map.states()]):
+        for child in cascade_targets(self, [*self._new.values(), *self.identity_map.states()]):
             self._save_or_update(child)
         only = None if objects is None else {id(_state_of(o)) for o in objects}
         for state in list(self._new.values()):
@@ -512,8 +514,14 @@ class Session:
         self._orphans(uow)
         doomed = {id(st) for st in uow.deleted}
         uow.dirty = [st for st in uow.dirty if id(st) not in doomed]
+        holders: dict[int, InstanceState] = {}
+        for state in [*uow.new, *uow.dirty]:
+            for prop in state.mapper.relationships.values():
+                if prop.direction is ONETOMANY:
+                    for child in linked_states(state, prop):
+                        holders.setdefault(id(child), state)
         for state in uow.new:
-            self._shard_of[id(state)] = self._choose_shard(state)
+            self._shard_of[id(state)] = self._choose_shard(state, holders)
         uow.shard_of = self._shard_of
         try:
             flush(self, uow, self._send_batches)
@@ -550,23 +558,36 @@ class Session:
                         if cstate in uow.new:
                             uow.new.remove(cstate)
 
-    def _choose_shard(self, state: InstanceState) -> str:
+    def _choose_shard(
+        self, state: InstanceState, holders: Mapping[int, InstanceState] | None = None
+    ) -> str:
+        """The shard a new object goes to.
+
+        Without a ``shard_chooser`` or a ``__shard_key__``, an object follows the
+        objects it is linked to: those it refers to, or the one whose collection
+        holds it (``holders``: child state id -> parent state).
+        """
         if state.key is not None:
             return state.key[2]
+        known = self._shard_of.get(id(state))
+        if known is not None:
+            return known
         obj = state.obj()
         mapper = state.mapper
         if self.shard_chooser is None and mapper.shard_key is None:
+            linked = []
             for prop in mapper.relationships.values():
                 hist = state.get_history(prop.key, PASSIVE_NO_INITIALIZE)
-                for other in (*hist.added, *hist.unchanged):
-                    if other is None:
-                        continue
-                    ostate = instance_state(other)
-                    shard = self._shard_of.get(id(ostate)) or (
-                        ostate.key[2] if ostate.key else None
-                    )
-                    if shard is not None:
-                        return shard
+                linked += [instance_state(o) for o in (*hist.added, *hist.unchanged) if o]
+            holder = (holders or {}).get(id(state))
+            if holder is not None:
+                linked.append(holder)
+            for other in linked:
+                shard = self._shard_of.get(id(other)) or (other.key[2] if other.key else None)
+                if shard is None and other is holder:
+                    shard = self._choose_shard(other, holders)
+                if shard is not None:
+                    return shard
         return self._router.shard_for_instance(mapper, obj)
 
     def _send_batches(self, calls: Mapping[str, list[p.Statement]]) -> dict[str, list[Any]]:

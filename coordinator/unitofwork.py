@@ -26,7 +26,7 @@ from shardsession.sql import bindparam, compile_statement, delete, insert, updat
 if TYPE_CHECKING:
     from shardsession.coordinator.session import Session
 
-__all__ = ["UOWTransaction", "flush", "pk_where"]
+__all__ = ["UOWTransaction", "cascade_targets", "flush", "linked_states", "pk_where"]
 
 _REL_PASSIVE = PASSIVE_NO_INITIALIZE | PassiveFlag.INCLUDE_PENDING_MUTATIONS
 
@@ -53,7 +53,12 @@ def _linked(state: InstanceState, prop: Any) -> list[Any]:
     return [o for o in (*hist.added, *hist.unchanged) if o is not None]
 
 
-def _cascade_targets(session: Session, roots: Iterable[InstanceState]) -> list[InstanceState]:
+def linked_states(state: InstanceState, prop: Any) -> list[InstanceState]:
+    """States of the objects ``state`` currently links to through ``prop`` (no loading)."""
+    return [instance_state(o) for o in _linked(state, prop)]
+
+
+def cascade_targets(session: Session, roots: Iterable[InstanceState]) -> list[InstanceState]:
     """Every transient object reachable by ``save-update`` cascade from ``roots``."""
     seen: set[int] = set()
     found: list[InstanceState] = []
@@ -75,48 +80,69 @@ def _cascade_targets(session: Session, roots: Iterable[InstanceState]) -> list[I
     return found
 
 
-def _sync_foreign_keys(state: InstanceState) -> None:
-    """Copy referenced primary keys into this object's foreign keys (and into children's)."""
+def _pull_parent_keys(state: InstanceState) -> None:
+    """Copy the keys of the objects this one refers to (many-to-one) into its foreign keys.
+
+    Runs when the object's table is written, so parents inserted earlier in the
+    same flush already have their generated keys.
+    """
     mapper = state.mapper
-    dict_ = state.dict
     for prop in mapper.relationships.values():
-        if prop.direction is MANYTOONE:
-            hist = state.get_history(prop.key, _REL_PASSIVE)
-            if not hist.added and not hist.deleted:
+        if prop.direction is not MANYTOONE:
+            continue
+        hist = state.get_history(prop.key, _REL_PASSIVE)
+        if not hist.added and not hist.deleted:
+            continue
+        target = hist.added[0] if hist.added else None
+        for source_col, dest_col in prop.synchronize_pairs:
+            key = mapper.attribute_key_for_column(dest_col)
+            value = None
+            if target is not None:
+                tstate = instance_state(target)
+                value = _current(tstate, tstate.mapper.attribute_key_for_column(source_col))
+            if state.dict.get(key, NO_VALUE) != value:
+                setattr(state.obj(), key, value)
+
+
+def _push_keys_to_children(state: InstanceState, *, removed: bool) -> list[InstanceState]:
+    """Copy this object's key into its children's foreign keys (one-to-many).
+
+    Runs after the object's table is written (its generated key is known).
+    With ``removed``, children taken out of the collection get NULL instead
+    (unless delete-orphan deletes them); the flush runs that pass first, so a
+    child moved to another parent ends with the new parent's key.
+    :returns: the children whose foreign keys changed.
+    """
+    mapper = state.mapper
+    changed: list[InstanceState] = []
+    for prop in mapper.relationships.values():
+        if prop.direction is not ONETOMANY:
+            continue
+        hist = state.get_history(prop.key, _REL_PASSIVE)
+        for child_obj in () if removed else (*hist.added, *hist.unchanged):
+            if child_obj is None:
                 continue
-            target = hist.added[0] if hist.added else None
+            child = instance_state(child_obj)
             for source_col, dest_col in prop.synchronize_pairs:
-                key = mapper.attribute_key_for_column(dest_col)
-                if target is None:
-                    value = None
-                else:
-                    tstate = instance_state(target)
-                    value = tstate.dict.get(tstate.mapper.attribute_key_for_column(source_col))
-                if dict_.get(key, NO_VALUE) != value:
-                    setattr(state.obj(), key, value)
-        elif prop.direction is ONETOMANY:
-            hist = state.get_history(prop.key, _REL_PASSIVE)
-            for child_obj in (*hist.added, *hist.unchanged):
-                if child_obj is None:
-                    continue
-                child = instance_state(child_obj)
-                for source_col, dest_col in prop.synchronize_pairs:
-                    value = _current(state, mapper.attribute_key_for_column(source_col))
-                    key = child.mapper.attribute_key_for_column(dest_col)
-                    if child.dict.get(key, NO_VALUE) != value:
-                        setattr(child_obj, key, value)
-            for child_obj in hist.deleted:
-                if child_obj is None:
-                    continue
-                child = instance_state(child_obj)
-                if child.deleted or (child.key is None and child.session_id is None):
-                    continue
-                if prop.cascade.delete_orphan:
-                    continue
-                for _, dest_col in prop.synchronize_pairs:
-                    key = child.mapper.attribute_key_for_column(dest_col)
-                    if key in child.dict and child.dict[key] is not None:
-                        setattr(child_obj, key, None)
+                value = _current(state, mapper.attribute_key_for_column(source_col))
+                key = child.mapper.attribute_key_for_column(dest_col)
+                if child.dict.get(key, NO_VALUE) != value:
+                    setattr(child_obj, key, value)
+                    changed.append(child)
+        for child_obj in hist.deleted if removed else ():
+            if child_obj is None:
+                continue
+            child = instance_state(child_obj)
+            if child.deleted or (child.key is None and child.session_id is None):
+                continue
+            if prop.cascade.delete_orphan:
+                continue
+            for _, dest_col in prop.synchronize_pairs:
+                key = child.mapper.attribute_key_for_column(dest_col)
+                if key in child.dict and child.dict[key] is not None:
+                    setattr(child_obj, key, None)
+                    changed.append(child)
+    return changed
 
 
 def _current(state: InstanceState, key: str) -> Any:
@@ -128,12 +154,16 @@ def _current(state: InstanceState, key: str) -> Any:
     return None
 
 
-def _table_order(session: Session, states: Iterable[InstanceState]) -> list[Any]:
+def _table_order(states: Iterable[InstanceState]) -> list[Any]:
+    """Every table of the states' metadata, in foreign-key dependency order.
+
+    All of them, not only those with changes: a parent's write can give a child
+    table a foreign-key update of its own.
+    """
     tables = {id(s.mapper.local_table): s.mapper.local_table for s in states}
     if not tables:
         return []
-    metadata = next(iter(tables.values())).metadata
-    ordered = [t for t in metadata.sorted_tables if id(t) in tables]
+    ordered = list(next(iter(tables.values())).metadata.sorted_tables)
     return ordered + [t for t in tables.values() if t not in ordered]
 
 
@@ -157,8 +187,6 @@ def flush(session: Session, uow: UOWTransaction, send: Callable[..., Any]) -> No
     ``{shard: [reply value, ...]}``; it raises the first error after every shard
     answered.
     """
-    for state in uow.new + uow.dirty:
-        _sync_foreign_keys(state)
 
     def shard_of(st: InstanceState) -> str | None:
         return uow.shard_of.get(id(st)) or (st.key[2] if st.key is not None else None)
@@ -174,19 +202,29 @@ def flush(session: Session, uow: UOWTransaction, send: Callable[..., Any]) -> No
     dirty_by_table: dict[int, list[InstanceState]] = defaultdict(list)
     for state in uow.dirty:
         dirty_by_table[id(state.mapper.local_table)].append(state)
+    flushing = {id(st) for st in uow.new + uow.dirty + uow.deleted}
 
-    for table in _table_order(session, uow.new + uow.dirty):
-        for state in new_by_table.get(id(table), ()):
-            _sync_foreign_keys_from_parents(state)
-        _write_inserts(table, new_by_table.get(id(table), []), uow, send)
-        _write_updates(table, dirty_by_table.get(id(table), []), uow, send)
-    for table in reversed(_table_order(session, uow.deleted)):
-        _write_deletes(table, [s for s in uow.deleted if s.mapper.local_table is table], uow, send)
-
-
-def _sync_foreign_keys_from_parents(state: InstanceState) -> None:
-    # Parents inserted earlier in this flush now have their generated keys.
-    _sync_foreign_keys(state)
+    # parents before children: each table pulls its parents' keys, is written,
+    # then pushes its own (possibly generated) keys into its children
+    for table in _table_order(uow.new + uow.dirty):
+        new = new_by_table.get(id(table), [])
+        dirty = dirty_by_table.get(id(table), [])
+        for state in new + dirty:
+            _pull_parent_keys(state)
+        _write_inserts(table, new, uow, send)
+        _write_updates(table, dirty, uow, send)
+        pushed = [c for st in new + dirty for c in _push_keys_to_children(st, removed=True)]
+        pushed += [c for st in new + dirty for c in _push_keys_to_children(st, removed=False)]
+        for child in pushed:
+            if id(child) not in flushing and child.key is not None:
+                # a persistent child whose only change is its new foreign key
+                flushing.add(id(child))
+                uow.dirty.append(child)
+                dirty_by_table[id(child.mapper.local_table)].append(child)
+    for table in reversed(_table_order(uow.deleted)):
+        doomed = [s for s in uow.deleted if s.mapper.local_table is table]
+        if doomed:
+            _write_deletes(table, doomed, uow, send)
 
 
 def _write_inserts(

@@ -30,6 +30,8 @@ class Customer(Base):
     orders: Mapped[list[Order]] = relationship(
         back_populates="customer", cascade="all, delete-orphan", order_by="Order.id"
     )
+    # no back-reference: the flush alone must fill Note.customer_id
+    notes: Mapped[list[Note]] = relationship(order_by="Note.id")
 
 
 class Order(Base):
@@ -61,3 +63,11 @@ class Task(Base):
     project_id: Mapped[int] = mapped_column(ForeignKey("project.id"))
     title: Mapped[str]
     project: Mapped[Project] = relationship(back_populates="tasks")
+
+
+class Note(Base):
+    __tablename__ = "note"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    customer_id: Mapped[int | None] = mapped_column(ForeignKey("customer.id"))
+    text: Mapped[str]

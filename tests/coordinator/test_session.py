@@ -496,3 +496,25 @@ def test_enable_relationship_loading_on_a_pending_object(s: Session) -> None:
     o = Order(amount=3, customer_id=cid)
     s.enable_relationship_loading(o)
     assert o.customer is c
+
+
+def test_one_to_many_without_back_reference_gets_generated_keys(s: Session) -> None:
+    from tests.coordinator.models import Note
+
+    first = Customer(tenant_id=11, name="a", notes=[Note(text="n1"), Note(text="n2")])
+    s.add(first)
+    s.commit()
+    cid = first.id
+    assert [n.customer_id for n in first.notes] == [cid, cid]
+    # move a persistent note (whose own attributes did not change) to a new customer
+    # on the same shard: only the parent's collection changed
+    note = first.notes[0]
+    second = Customer(tenant_id=11, name="b")
+    first.notes.remove(note)
+    second.notes.append(note)
+    s.add(second)
+    s.commit()
+    second_id = second.id
+    s.close()
+    reloaded = s.scalars(select(Note).order_by(Note.text)).all()
+    assert [(n.text, n.customer_id) for n in reloaded] == [("n1", second_id), ("n2", cid)]
