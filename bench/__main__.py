@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench import common, roundtrip
+from . import common, roundtrip
 
 WORKLOADS = {"roundtrip": roundtrip}
 

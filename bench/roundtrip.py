@@ -7,7 +7,7 @@ from typing import Any
 
 import psycopg
 
-from bench.common import best_of, per_op_us
+from .common import best_of, per_op_us
 from shardsession import create_pool
 from shardsession import protocol as p
 

@@ -86,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--dsn", action="append", required=True, help="a shard DSN (repeat for each shard)"
     )
     check.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    bench = sub.add_parser(
+        "bench",
+        help="run the benchmarks against SQLAlchemy and psycopg (needs the bench extra)",
+        add_help=False,
+    )
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments of python -m bench")
     return parser
 
 
@@ -190,17 +197,28 @@ def _cmd_recover(args: argparse.Namespace) -> int:
     return 1 if report.errors else 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from shardsession.bench.__main__ import main as bench_main
+
+    return bench_main(args.bench_args)
+
+
 _COMMANDS = {
     "up": _cmd_up,
     "status": _cmd_status,
     "down": _cmd_down,
     "check": _cmd_check,
     "recover": _cmd_recover,
+    "bench": _cmd_bench,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        # Everything after "bench" belongs to the benchmark runner's own parser.
+        return _cmd_bench(argparse.Namespace(bench_args=argv[1:]))
     args = build_parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
