@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from shardsession.coordinator.execute_state import ORMExecuteState, run_execute_listeners
+from shardsession.coordinator.gcpause import paused_gc
 from shardsession.coordinator.loading import result_keys_for, row_processor_for, selectin_load
 from shardsession.coordinator.result import Result
 from shardsession.coordinator.scatter import execute_plan, plan_select
@@ -123,15 +125,18 @@ def _select(
         return raw
 
     def objects() -> Iterator[tuple[Any, ...]]:
-        batch: list[tuple[Any, ...]] = []
-        for row in raw:
-            batch.append(processor(row[:-1], row[-1]))
-            if chunk and len(batch) >= chunk:
-                selectin_load(session, batch)
-                yield from batch
-                batch = []
-        selectin_load(session, batch)
-        yield from batch
+        rows = iter(raw)
+        while True:
+            # Build a whole chunk (or everything) before yielding to the caller.
+            with paused_gc():
+                part = islice(rows, chunk) if chunk else rows
+                batch = [processor(row[:-1], row[-1]) for row in part]
+            if not batch:
+                return
+            selectin_load(session, batch)
+            yield from batch
+            if not chunk:
+                return
 
     return Result(keys, objects(), on_close=raw.close)
 

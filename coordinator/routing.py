@@ -48,6 +48,7 @@ ExecuteChooser = Callable[[Any], Iterable[Any]]
 
 # Execution option keys naming one shard, in precedence order.  ``_sa_shard_id`` is
 # what SQLAlchemy's legacy ``Query.set_shard()`` sets; it is accepted for porting.
+_MEMO_SIZE = 65536  # shard key values remembered per router
 _SHARD_OPTION_KEYS = ("identity_token", "shard_id", "_sa_shard_id")
 
 
@@ -248,6 +249,7 @@ class Router:
         self._known = frozenset(ids)
         self._order = {sid: i for i, sid in enumerate(ids)}
         self._hashers = _shard_hashers(ids)
+        self._memo: dict[tuple[type, Any], str] = {}
 
     def __repr__(self) -> str:
         return f"Router({list(self.shard_ids)!r})"
@@ -288,11 +290,24 @@ class Router:
         :raises ShardNotFoundError: for None or a value of a type that cannot be hashed.
         """
         value = _coerce_for_column(value, column)
+        # Routing a bulk insert hashes the same few tenant values again and again.
+        try:
+            memo_key = (type(value), value)
+            found = self._memo.get(memo_key)
+        except TypeError:  # an unhashable value: let encode_shard_key name the problem
+            memo_key, found = None, None
+        if found is not None:
+            return found
         try:
             key = encode_shard_key(value)
         except TypeError as e:
             raise ShardNotFoundError(f"cannot route shard key value {value!r}: {e}") from None
-        return _rendezvous(key, self._hashers)
+        shard = _rendezvous(key, self._hashers)
+        if memo_key is not None:
+            if len(self._memo) >= _MEMO_SIZE:
+                self._memo.clear()
+            self._memo[memo_key] = shard
+        return shard
 
     # -- objects -------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from shardsession.coordinator.gcpause import paused_gc
 from shardsession.coordinator.identity import IdentityMap
 from shardsession.coordinator.loading import load_attributes
 from shardsession.coordinator.transaction import SessionTransaction, SessionTransactionOrigin
@@ -351,8 +352,9 @@ class Session:
 
     def add_all(self, instances: Iterable[Any]) -> None:
         """Add every object of ``instances``."""
-        for instance in instances:
-            self.add(instance)
+        with paused_gc():
+            for instance in instances:
+                self.add(instance)
 
     def delete(self, instance: Any) -> None:
         """Mark a persistent object for DELETE at the next flush (with ``delete`` cascade)."""
@@ -489,7 +491,8 @@ class Session:
             return
         self._flushing = True
         try:
-            self._flush(objects)
+            with paused_gc():
+                self._flush(objects)
         finally:
             self._flushing = False
 

@@ -356,6 +356,15 @@ def dispatch(session: Any, identifier: str, *args: Any) -> list[Any]:
     :raises TypeError: when the number of *args* does not match the event.
     :raises InvalidRequestError: for an unknown event name.
     """
+    expected = SESSION_EVENTS.get(identifier)
+    if expected is not None and not _counts.get(identifier):
+        # The common case (nobody listens) stays cheap: it runs for every attribute change.
+        if len(args) != len(expected):
+            raise TypeError(
+                f"event {identifier!r} takes {len(expected)} arguments "
+                f"({', '.join(expected)}), {len(args)} given"
+            )
+        return []
     listeners = listeners_for(session, identifier)
     expected = SESSION_EVENTS[identifier]
     if len(args) != len(expected):

@@ -213,7 +213,8 @@ class ScalarAttributeImpl(AttributeImpl):
         return keys
 
     def _old_value(self, state: InstanceState, dict_: dict[str, Any]) -> Any:
-        if self.active_history:
+        # An object without identity has nothing to load: skip the loader machinery.
+        if self.active_history and state.key is not None:
             return self.get(state, dict_, PASSIVE_RETURN_NO_VALUE)
         return dict_.get(self.key, NO_VALUE)
 

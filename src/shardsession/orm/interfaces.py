@@ -105,6 +105,19 @@ class ReadOnlyProperties(Mapping[str, _V], Generic[_V]):
     def __contains__(self, key: object) -> bool:
         return key in self._data
 
+    # The flush walks these for every object: skip the generic Mapping views.
+    def values(self) -> Any:
+        """The properties, in mapping order."""
+        return self._data.values()
+
+    def items(self) -> Any:
+        """``(key, property)`` pairs, in mapping order."""
+        return self._data.items()
+
+    def keys(self) -> Any:
+        """The attribute keys, in mapping order."""
+        return self._data.keys()
+
     def __repr__(self) -> str:
         return f"ReadOnlyProperties({list(self._data)})"
 

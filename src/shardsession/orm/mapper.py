@@ -74,6 +74,7 @@ class Mapper:
         prop.key = key
         prop.parent = self
         self._props[key] = prop
+        self._relationships = None
         if isinstance(prop, ColumnProperty):
             for col in prop.columns:
                 self._columntoproperty[id(col)] = prop
@@ -136,9 +137,13 @@ class Mapper:
     def relationships(self) -> ReadOnlyProperties[RelationshipProperty]:
         """The :class:`.RelationshipProperty` objects, by attribute key."""
         self._check_configure()
-        return ReadOnlyProperties(
-            {k: p for k, p in self._props.items() if p.is_relationship}  # type: ignore[misc]
-        )
+        # Read on every flush of every object: built once, rebuilt when a property is added.
+        cached = getattr(self, "_relationships", None)
+        if cached is None:
+            cached = self._relationships = ReadOnlyProperties(
+                {k: p for k, p in self._props.items() if p.is_relationship}  # type: ignore[misc]
+            )
+        return cached
 
     @property
     def columns(self) -> ReadOnlyProperties[Any]:
