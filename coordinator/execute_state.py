@@ -136,16 +136,6 @@ class ORMExecuteState:
     :meth:`update_execution_options`, add to :attr:`bind_arguments`, re-execute with
     :meth:`invoke_statement` or return a result to use instead of executing.
 
-    :ivar session: the session executing.
-    :ivar statement: the statement being executed (may be replaced by a listener).
-    :ivar parameters: the parameters given (a dict, a list of dicts, or None).
-    :ivar bind_arguments: the ``bind_arguments`` dict; ``"shard_id"`` in it pins the
-        statement to one shard.  For an ORM statement ``"mapper"`` holds the
-        :attr:`bind_mapper`.
-    :ivar local_execution_options: the options passed to ``Session.execute()`` (plus
-        session-wide ones the statement does not set, and updates by listeners).
-    :ivar execution_options: the statement's options overlaid with the local ones.
-
     :param session: the session.
     :param statement: the statement.
     :param parameters: the parameters.
@@ -155,6 +145,39 @@ class ORMExecuteState:
         without it :meth:`invoke_statement` raises.
     :param session_execution_options: the session's own execution options; they apply
         where neither the statement nor *execution_options* set the key.
+
+    .. attribute:: session
+
+        The :class:`~shardsession.Session` running the statement.
+
+    .. attribute:: statement
+
+        The statement being executed.  A listener may assign another statement
+        here; the session then runs that one instead.
+
+    .. attribute:: parameters
+
+        The parameters given to ``Session.execute()``: a dict, a list of dicts
+        (executemany), or None.  A listener may replace them.
+
+    .. attribute:: bind_arguments
+
+        The ``bind_arguments`` dict of the call (a copy).  ``"shard_id"`` in it
+        pins the statement to one shard; for an ORM statement ``"mapper"`` holds
+        the :attr:`bind_mapper`, for any other statement ``"clause"`` holds the
+        statement.  Listeners may add keys that an ``execute_chooser`` reads.
+
+    .. attribute:: local_execution_options
+
+        The execution options given to this call of ``Session.execute()`` (plus
+        the session-wide options the statement does not set itself, and what
+        :meth:`update_execution_options` added).  The statement's own options
+        are not included.
+
+    .. attribute:: execution_options
+
+        All the options in effect: the statement's own execution options with
+        :attr:`local_execution_options` laid over them.
     """
 
     def __init__(

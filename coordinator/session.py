@@ -593,13 +593,24 @@ class Session:
                     return shard
         return self._router.shard_for_instance(mapper, obj)
 
-    def _send_batches(self, calls: Mapping[str, list[p.Statement]]) -> dict[str, list[Any]]:
+    def _send_batches(
+        self, calls: Mapping[str, list[p.Statement]], *, final: bool = False
+    ) -> dict[str, list[Any]]:
         trans = self._autobegin()
         shards = list(calls)
         trans._mark_written(shards)
         handles = [trans._handle(s) for s in shards]
+        commit = None
+        if final and trans._commit_with_flush():
+            # The last batch of the commit's flush, and its shard is the only writer:
+            # the worker commits right after it (one round trip fewer).
+            commit = p.Commit(expire=self.expire_on_commit)
+            trans._root._committed_early.add(shards[0])
         results = gather(
-            [(h, p.FlushBatch(tuple(calls[s]))) for h, s in zip(handles, shards, strict=True)]
+            [
+                (h, p.FlushBatch(tuple(calls[s]), commit))
+                for h, s in zip(handles, shards, strict=True)
+            ]
         )
         return dict(zip(shards, results, strict=True))
 

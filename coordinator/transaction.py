@@ -99,6 +99,10 @@ class SessionTransaction:
         # root only: the checked-out workers and which shards were written
         self._handles: dict[str, Any] = {}
         self._writers: set[str] = set()
+        #: set while the root commits; the flush may then commit a lone writer itself
+        self._committing = False
+        #: shards whose worker already committed at the end of the commit's flush
+        self._committed_early: set[str] = set()
         self._gid: str | None = None
         self._commit_point = ""
         self._prepared: list[str] = []
@@ -163,6 +167,22 @@ class SessionTransaction:
 
     def _mark_written(self, shards: Any) -> None:
         self._root._writers.update(shards)
+
+    def _commit_with_flush(self) -> bool:
+        """Whether the flush now running may end by committing its single writer.
+
+        Only inside the root's ``commit()``, when exactly one shard wrote in the
+        whole transaction (a one-phase commit), and when no flush listener could
+        change objects after the flush (SQLAlchemy would flush those changes again
+        before committing).
+        """
+        root = self._root
+        return (
+            root._committing
+            and self.session._transaction is root
+            and len(root._writers) == 1
+            and not event.any_listeners("after_flush", "after_flush_postexec")
+        )
 
     def _fail(self) -> None:
         level: SessionTransaction | None = self
@@ -338,12 +358,20 @@ class SessionTransaction:
             event.dispatch(session, "after_transaction_end", session, self)
             return
         event.dispatch(session, "before_commit", session)
-        session._flush_if_needed()
         root = self._root
+        root._committing = True
+        try:
+            session._flush_if_needed()
+        finally:
+            root._committing = False
         if len(root._writers & set(root._handles)) <= 1:
             try:
                 gather(
-                    [(h, p.Commit(expire=session.expire_on_commit)) for h in root._handles.values()]
+                    [
+                        (h, p.Commit(expire=session.expire_on_commit))
+                        for shard, h in root._handles.items()
+                        if shard not in root._committed_early
+                    ]
                 )
             except Exception:
                 self._fail()

@@ -3,20 +3,23 @@
 A flush collects the new, changed and deleted objects, follows the
 ``save-update`` and ``delete`` cascades, copies primary keys into foreign keys
 along relationships, and writes table by table in foreign-key dependency order
-(deletes in reverse order).  For each table the statements of every shard go out
-together (one message per shard, all shards in parallel); rows of one table with
-the same columns form one batched ``executemany``.  Generated values come back
-through ``RETURNING`` and become the objects' committed state.
+(deletes in reverse order).  Statements are collected per shard and go out as
+one message per shard, all shards in parallel; a message leaves early only when
+a later statement needs what an earlier one generates (``RETURNING`` values that
+become keys of children).  Rows of one table with the same columns form one
+batched ``executemany``, or one ``COPY`` when they are many and nothing comes
+back.
 """
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from shardsession import protocol as p
-from shardsession.exc import InvalidRequestError, StaleDataError
+from shardsession.exc import InvalidRequestError
 from shardsession.orm.attributes import instance_state
 from shardsession.orm.base import NO_VALUE, PASSIVE_NO_INITIALIZE, PassiveFlag
 from shardsession.orm.relationships import MANYTOONE, ONETOMANY, check_same_shard
@@ -180,13 +183,38 @@ def _column_values(state: InstanceState, only: Iterable[str] | None = None) -> d
     return out
 
 
+class _Outbox:
+    """Statements waiting to be sent, per shard, with what to do with each reply."""
+
+    def __init__(self, send: Callable[..., Any]) -> None:
+        self._send = send
+        self.calls: dict[str, list[p.Statement]] = defaultdict(list)
+        self.handlers: dict[str, list[Callable[[Any], None]]] = defaultdict(list)
+
+    def add(self, shard: str, statement: p.Statement, on_reply: Callable[[Any], None]) -> None:
+        self.calls[shard].append(statement)
+        self.handlers[shard].append(on_reply)
+
+    def send(self, *, final: bool = False) -> None:
+        """Send what is waiting (one message per shard) and run the reply handlers."""
+        if not self.calls:
+            return
+        calls, handlers = dict(self.calls), self.handlers
+        self.calls, self.handlers = defaultdict(list), defaultdict(list)
+        replies = self._send(calls, final=final)
+        for shard, results in replies.items():
+            for on_reply, reply in zip(handlers[shard], results, strict=True):
+                on_reply(reply)
+
+
 def flush(session: Session, uow: UOWTransaction, send: Callable[..., Any]) -> None:
-    """Write ``uow``'s changes; ``send(calls_by_shard)`` runs one batch per shard in parallel.
+    """Write ``uow``'s changes; ``send(calls_by_shard, final=)`` runs one batch per shard.
 
     ``send`` takes ``{shard: [protocol statement, ...]}`` and returns
     ``{shard: [reply value, ...]}``; it raises the first error after every shard
-    answered.
+    answered.  ``final`` is true for the flush's last batch.
     """
+    outbox = _Outbox(send)
 
     def shard_of(st: InstanceState) -> str | None:
         return uow.shard_of.get(id(st)) or (st.key[2] if st.key is not None else None)
@@ -211,8 +239,8 @@ def flush(session: Session, uow: UOWTransaction, send: Callable[..., Any]) -> No
         dirty = dirty_by_table.get(id(table), [])
         for state in new + dirty:
             _pull_parent_keys(state)
-        _write_inserts(table, new, uow, send)
-        _write_updates(table, dirty, uow, send)
+        _write_inserts(table, new, uow, outbox)
+        _write_updates(table, dirty, uow, outbox)
         pushed = [c for st in new + dirty for c in _push_keys_to_children(st, removed=True)]
         pushed += [c for st in new + dirty for c in _push_keys_to_children(st, removed=False)]
         for child in pushed:
@@ -224,11 +252,12 @@ def flush(session: Session, uow: UOWTransaction, send: Callable[..., Any]) -> No
     for table in reversed(_table_order(uow.deleted)):
         doomed = [s for s in uow.deleted if s.mapper.local_table is table]
         if doomed:
-            _write_deletes(table, doomed, uow, send)
+            _write_deletes(table, doomed, uow, outbox)
+    outbox.send(final=True)
 
 
 def _write_inserts(
-    table: Any, states: list[InstanceState], uow: UOWTransaction, send: Callable[..., Any]
+    table: Any, states: list[InstanceState], uow: UOWTransaction, outbox: _Outbox
 ) -> None:
     if not states:
         return
@@ -241,10 +270,7 @@ def _write_inserts(
             if values.get(column.key) is None and _generated(column):
                 values.pop(column.key, None)
         groups[(uow.shard_of[id(state)], tuple(sorted(values)))].append((state, values))
-    calls: dict[str, list[p.Statement]] = defaultdict(list)
-    plans: dict[str, list[tuple[Any, list[tuple[InstanceState, dict[str, Any]]]]]] = defaultdict(
-        list
-    )
+    needs_reply = False
     for (shard, keys), members in groups.items():
         returned = [c for c in table.columns if c.key not in keys]
         stmt = insert(table)
@@ -252,20 +278,55 @@ def _write_inserts(
             stmt = stmt.returning(*returned)
         compiled = compile_statement(stmt, column_keys=keys)
         params = [compiled.construct_params(values) for _, values in members]
-        calls[shard].append(p.ExecuteMany(compiled.sql, params, returning=bool(returned)))
-        plans[shard].append((compiled if returned else None, members))
-    replies = send(calls)
-    for shard, results in replies.items():
-        for (compiled, members), reply in zip(plans[shard], results, strict=True):
-            if compiled is not None:
-                names = compiled.returning
-                for (state, _), rows in zip(members, reply, strict=True):
-                    row = compiled.process_row(rows.rows[0])
-                    for name, value in zip(names, row, strict=True):
-                        column = table.c[name]
-                        state.dict[state.mapper.attribute_key_for_column(column)] = value
-            for state, _ in members:
-                uow.session._register_persistent(state, shard)
+        copy_target = None if returned else _copy_target(compiled.sql, len(members))
+        statement: p.Statement
+        if copy_target is not None:
+            statement = p.CopyRows(table.name, (), params, target_sql=copy_target)
+        else:
+            statement = p.ExecuteMany(compiled.sql, params, returning=bool(returned))
+        outbox.add(shard, statement, _inserted(uow, table, shard, compiled, members, returned))
+        needs_reply = needs_reply or bool(returned)
+    if needs_reply:
+        # generated keys are needed before children (and later tables) are written
+        outbox.send()
+
+
+_COPY_MIN_ROWS = 16  # below this an executemany costs no more than a COPY
+_PLAIN_INSERT = re.compile(r"INSERT INTO (.+?) VALUES \((%s(?:, %s)*)\)", re.DOTALL)
+
+
+def _copy_target(sql: str, rows: int) -> str | None:
+    """The ``"table" ("col", ...)`` part of a plain INSERT, when COPY can load its rows.
+
+    Only an INSERT whose every value is one parameter qualifies (no SQL
+    expressions, no RETURNING): then each parameter tuple is exactly a row.
+    """
+    if rows < _COPY_MIN_ROWS:
+        return None
+    match = _PLAIN_INSERT.fullmatch(sql)
+    return match.group(1) if match else None
+
+
+def _inserted(
+    uow: UOWTransaction,
+    table: Any,
+    shard: str,
+    compiled: Any,
+    members: list[tuple[InstanceState, dict[str, Any]]],
+    returned: list[Any],
+) -> Callable[[Any], None]:
+    def on_reply(reply: Any) -> None:
+        if returned:
+            names = compiled.returning
+            for (state, _), rows in zip(members, reply, strict=True):
+                row = compiled.process_row(rows.rows[0])
+                for name, value in zip(names, row, strict=True):
+                    column = table.c[name]
+                    state.dict[state.mapper.attribute_key_for_column(column)] = value
+        for state, _ in members:
+            uow.session._register_persistent(state, shard)
+
+    return on_reply
 
 
 def _generated(column: Any) -> bool:
@@ -296,7 +357,7 @@ def pk_where(stmt: Any, table: Any) -> Any:
 
 
 def _write_updates(
-    table: Any, states: list[InstanceState], uow: UOWTransaction, send: Callable[..., Any]
+    table: Any, states: list[InstanceState], uow: UOWTransaction, outbox: _Outbox
 ) -> None:
     groups: dict[tuple[str, tuple[str, ...]], list[InstanceState]] = defaultdict(list)
     for state in states:
@@ -309,8 +370,6 @@ def _write_updates(
             groups[(uow.shard_of[id(state)], tuple(sorted(changed)))].append(state)
     if not groups:
         return
-    calls: dict[str, list[p.Statement]] = defaultdict(list)
-    expected: dict[str, list[tuple[int, list[InstanceState]]]] = defaultdict(list)
     for (shard, keys), members in groups.items():
         stmt = pk_where(update(table), table)
         compiled = compile_statement(stmt, column_keys=[*keys, *(_pk_params(members[0]))])
@@ -319,21 +378,27 @@ def _write_updates(
             values = _column_values(state, {state.mapper.attribute_key_for_column(
                 table.c[k]) for k in keys})  # fmt: skip
             params.append(compiled.construct_params({**values, **_pk_params(state)}))
-        calls[shard].append(p.ExecuteMany(compiled.sql, params))
-        expected[shard].append((len(members), members))
-    replies = send(calls)
-    for shard, results in replies.items():
-        for (count, _members), reply in zip(expected[shard], results, strict=True):
-            if reply.rowcount != count:
-                raise StaleDataError(
-                    f"UPDATE of {table.name!r} on shard {shard!r} matched {reply.rowcount} "
-                    f"row(s), expected {count}: a row was deleted or its key changed by "
-                    "another transaction."
-                )
+        # The worker checks the count before anything after it runs (it may commit next).
+        message = (
+            f"UPDATE of {table.name!r} on shard {shard!r} matched {{rowcount}} row(s), "
+            f"expected {len(members)}: a row was deleted or its key changed by another "
+            "transaction."
+        )
+        outbox.add(
+            shard,
+            p.ExecuteMany(
+                compiled.sql, params, expect_rowcount=len(members), stale_message=message
+            ),
+            _ignore,
+        )
+
+
+def _ignore(reply: Any) -> None:
+    """Nothing to do with the reply: the worker already checked it."""
 
 
 def _write_deletes(
-    table: Any, states: list[InstanceState], uow: UOWTransaction, send: Callable[..., Any]
+    table: Any, states: list[InstanceState], uow: UOWTransaction, outbox: _Outbox
 ) -> None:
     groups: dict[str, list[InstanceState]] = defaultdict(list)
     for state in states:
@@ -341,21 +406,27 @@ def _write_deletes(
     if not groups:
         return
     compiled = compile_statement(pk_where(delete(table), table))
-    calls = {
-        shard: [p.ExecuteMany(compiled.sql, [compiled.construct_params(_pk_params(s))
-                                             for s in members])]
-        for shard, members in groups.items()
-    }  # fmt: skip
-    replies = send(calls)
-    for shard, (reply,) in replies.items():
-        if reply.rowcount != len(groups[shard]):
-            raise StaleDataError(
-                f"DELETE from {table.name!r} on shard {shard!r} matched {reply.rowcount} "
-                f"row(s), expected {len(groups[shard])}: a row was already deleted by "
-                "another transaction."
-            )
-        for state in groups[shard]:
+    for shard, members in groups.items():
+        message = (
+            f"DELETE from {table.name!r} on shard {shard!r} matched {{rowcount}} row(s), "
+            f"expected {len(members)}: a row was already deleted by another transaction."
+        )
+        params = [compiled.construct_params(_pk_params(s)) for s in members]
+        outbox.add(
+            shard,
+            p.ExecuteMany(
+                compiled.sql, params, expect_rowcount=len(members), stale_message=message
+            ),
+            _deleted(uow, members),
+        )
+
+
+def _deleted(uow: UOWTransaction, members: list[InstanceState]) -> Callable[[Any], None]:
+    def on_reply(reply: Any) -> None:
+        for state in members:
             uow.session._register_deleted(state)
+
+    return on_reply
 
 
 def check_flushable(state: InstanceState) -> None:

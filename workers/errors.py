@@ -40,6 +40,14 @@ def failure_from(
             statement=statement,
             in_transaction=in_transaction,
         )
+    if type(err).__name__ == "StaleRowCount":
+        return Failure(
+            kind="StaleDataError",
+            message=str(err),
+            shard=shard,
+            statement=statement,
+            in_transaction=in_transaction,
+        )
     return Failure(
         kind="InvalidRequestError",
         message=f"on shard {shard!r}: {type(err).__name__}: {err}",

@@ -19,7 +19,12 @@ from shardsession.workers.identity import ShardIdentityMap
 
 from shardsession import protocol as p
 
-__all__ = ["ShardConnection"]
+__all__ = ["ShardConnection", "StaleRowCount"]
+
+
+class StaleRowCount(Exception):
+    """An UPDATE or DELETE of the flush matched another number of rows than expected."""
+
 
 _ISOLATION = {"READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE", "READ UNCOMMITTED"}
 
@@ -114,10 +119,16 @@ class ShardConnection:
             self.conn.execute("BEGIN")
 
     def _execute(self, req: p.Execute) -> p.Rows:
-        self._ensure_transaction()
         if req.fetch == "stream":
+            self._ensure_transaction()
             return self._open_stream(req)
-        cur = self.conn.execute(req.sql, req.params)
+        if self.conn.info.transaction_status == TransactionStatus.IDLE:
+            # BEGIN and the first statement travel together: one server round trip.
+            with self.conn.pipeline():
+                self.conn.execute("BEGIN")
+                cur = self.conn.execute(req.sql, req.params)
+        else:
+            cur = self.conn.execute(req.sql, req.params)
         if req.fetch == "none" or cur.description is None:
             return p.Rows(rowcount=cur.rowcount)
         columns = tuple(col.name for col in cur.description)
@@ -174,7 +185,13 @@ class ShardConnection:
     def _execute_many(self, req: p.ExecuteMany) -> list[p.Rows] | p.Rows:
         self._ensure_transaction()
         with self.conn.cursor() as cur:
-            cur.executemany(req.sql, req.params, returning=req.returning)
+            if len(req.params) == 1:
+                # one row (the usual point update): a plain execute is cheaper
+                cur.execute(req.sql, req.params[0])
+            else:
+                cur.executemany(req.sql, req.params, returning=req.returning)
+            if req.expect_rowcount is not None and cur.rowcount != req.expect_rowcount:
+                raise StaleRowCount(req.stale_message.format(rowcount=cur.rowcount))
             if not req.returning:
                 return p.Rows(rowcount=cur.rowcount)
             results = []
@@ -187,17 +204,25 @@ class ShardConnection:
 
     def _copy(self, req: p.CopyRows) -> p.Rows:
         self._ensure_transaction()
-        target = sql.Identifier(req.schema, req.table) if req.schema else sql.Identifier(req.table)
-        query = sql.SQL("COPY {} ({}) FROM STDIN").format(
-            target, sql.SQL(", ").join(map(sql.Identifier, req.columns))
-        )
+        if req.target_sql is not None:
+            query: Any = sql.SQL("COPY " + req.target_sql + " FROM STDIN")
+        else:
+            target = (
+                sql.Identifier(req.schema, req.table) if req.schema else sql.Identifier(req.table)
+            )
+            query = sql.SQL("COPY {} ({}) FROM STDIN").format(
+                target, sql.SQL(", ").join(map(sql.Identifier, req.columns))
+            )
         with self.conn.cursor() as cur, cur.copy(query) as copy:
             for row in req.rows:
                 copy.write_row(row)
         return p.Rows(rowcount=len(req.rows))
 
     def _flush(self, req: p.FlushBatch) -> list[Any]:
-        return [self.handle(statement) for statement in req.statements]
+        results = [self.handle(statement) for statement in req.statements]
+        if req.commit is not None:
+            self._commit(req.commit)
+        return results
 
     # -- transactions --------------------------------------------------------
 

@@ -346,6 +346,14 @@ def listeners_for(session: Any, identifier: str) -> list[Callable[..., Any]]:
     return [*shared, *own]
 
 
+def any_listeners(*identifiers: str) -> bool:
+    """Whether anything listens for one of *identifiers*, on any session (a cheap check).
+
+    :param identifiers: event names.
+    """
+    return any(_counts.get(identifier) for identifier in identifiers)
+
+
 def dispatch(session: Any, identifier: str, *args: Any) -> list[Any]:
     """Fire event *identifier* for *session*: call each listener with *args*.
 

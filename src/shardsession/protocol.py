@@ -104,6 +104,10 @@ class ExecuteMany:
     sql: str
     params: Sequence[Params]
     returning: bool = False
+    #: when set, a different total row count fails the request with ``stale_message``
+    #: (``{rowcount}`` is replaced), before anything after it in the batch runs
+    expect_rowcount: int | None = None
+    stale_message: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +118,9 @@ class CopyRows:
     columns: tuple[str, ...]
     rows: Sequence[Sequence[Any]]
     schema: str | None = None
+    #: the compiled ``"table" ("col", ...)`` target (identifiers already quoted by
+    #: the compiler); used instead of ``table``/``columns``/``schema`` when given
+    target_sql: str | None = None
 
 
 Statement = Execute | ExecuteMany | CopyRows
@@ -128,6 +135,9 @@ class FlushBatch:
     """
 
     statements: tuple[Statement, ...]
+    #: commit the transaction after the last statement (saves a round trip when a
+    #: single shard wrote and the session is committing)
+    commit: Commit | None = None
 
 
 @dataclass(frozen=True, slots=True)
