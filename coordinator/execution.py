@@ -27,7 +27,7 @@ from shardsession.exc import InvalidRequestError, ObjectDeletedError
 from shardsession.orm.attributes import instance_state, set_committed_value
 from shardsession.orm.inspection import inspect
 from shardsession.protocol import gather
-from shardsession.sql import compile_statement, select
+from shardsession.sql import bindparam, compile_statement, select
 from shardsession.sql import insert as sql_insert
 from shardsession.sql import update as sql_update
 
@@ -315,9 +315,7 @@ def get(
                         return None  # deleted on its shard meanwhile
                 return obj
     session._autoflush()
-    stmt = select(mapper.class_)
-    for column, value in zip(mapper.local_table.primary_key, pk, strict=True):
-        stmt = stmt.where(column == value)
+    stmt, params = _get_statement(mapper, pk)
     if options:
         stmt = stmt.options(*options)
     if with_for_update:
@@ -330,6 +328,7 @@ def get(
         return (
             session.execute(
                 stmt,
+                params,
                 execution_options=opts,
                 bind_arguments={**bind_arguments, "shard_id": shards[0]},
             )
@@ -338,7 +337,18 @@ def get(
         )
     # every candidate shard is asked in parallel, in one round trip
     opts[CANDIDATE_SHARDS] = list(shards)
-    return session.execute(stmt, execution_options=opts).scalars().first()
+    return session.execute(stmt, params, execution_options=opts).scalars().first()
+
+
+def _get_statement(mapper: Any, pk: tuple[Any, ...]) -> tuple[Any, dict[str, Any]]:
+    """``SELECT`` of one row by primary key: built once per mapper, values as parameters."""
+    stmt = mapper.__dict__.get("_ss_get_statement")
+    if stmt is None:
+        stmt = select(mapper.class_)
+        for n, column in enumerate(mapper.local_table.primary_key):
+            stmt = stmt.where(column == bindparam(f"ss_pk_{n}", type_=column.type))
+        mapper._ss_get_statement = stmt
+    return stmt, {f"ss_pk_{n}": value for n, value in enumerate(pk)}
 
 
 # -- merge -----------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import threading
 import time
@@ -80,15 +81,20 @@ def worker_main(
 
 
 def _serve(pipe: Any, shard_conn: Any) -> None:
-    from multiprocess.connection import wait
-
     socket_fd = shard_conn.conn.fileno()
+    pipe_fd = pipe.fileno()
+    # Between requests, also watch the server socket: a server that restarts or
+    # drops the connection ends this worker at once, so the pool never lends a
+    # worker whose connection is dead (it starts a fresh one instead).  One poll
+    # object for the worker's life: building a selector per request cost more
+    # than the rest of an empty request's handling.
+    poller = select.poll()
+    events = select.POLLIN | select.POLLERR | select.POLLHUP
+    poller.register(pipe_fd, events)
+    poller.register(socket_fd, events)
     while True:
-        # Between requests, also watch the server socket: a server that restarts or
-        # drops the connection ends this worker at once, so the pool never lends a
-        # worker whose connection is dead (it starts a fresh one instead).
-        ready = wait([pipe, socket_fd])
-        if pipe not in ready:
+        ready = [fd for fd, _ in poller.poll()]
+        if pipe_fd not in ready:
             if not shard_conn.connection_alive():
                 raise SystemExit(CONNECTION_LOST)
             continue
