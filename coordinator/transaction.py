@@ -283,15 +283,14 @@ class SessionTransaction:
         # the decision must survive a crash even where synchronous_commit is off
         durable = p.Execute("SET LOCAL synchronous_commit TO on", fetch="none")
         try:
-            handle.request(p.FlushBatch((durable, record)))
+            # record and commit in one round trip
+            handle.request(
+                p.FlushBatch((durable, record), p.Commit(expire=self.session.expire_on_commit))
+            )
         except Exception as err:
-            # nothing was committed on the commit point: abort everywhere
-            self._give_up(handle, err, "the commit decision could not be recorded")
-        try:
-            handle.request(p.Commit(expire=self.session.expire_on_commit))
-        except Exception as err:
-            # The COMMIT may have happened even though its reply was lost: settle
-            # the outcome as recovery does, never guess.
+            # The record may have failed (nothing committed), or the COMMIT may have
+            # happened although its reply was lost: settle the outcome as recovery
+            # does, never guess.
             try:
                 outcome = settle_decision(
                     self.session.pool.shards[self._commit_point],
