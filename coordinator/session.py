@@ -22,6 +22,7 @@ from shardsession.coordinator.unitofwork import (
     cascade_targets,
     flush,
     linked_states,
+    mapper_facts,
 )
 
 from shardsession import event
@@ -69,6 +70,34 @@ class Session:
     :param expire_on_commit: expire every object after commit.
     :param autobegin: begin a transaction on first use.
     :param info: a user dictionary, :attr:`info`.
+    :param bind: another name for ``pool``, as in SQLAlchemy.
+    :param shards: accepted for compatibility; the pool defines the shards.
+    :param query_cls: accepted for compatibility; there is no legacy ``Query``.
+    :param twophase: accepted for compatibility; a commit that wrote to two or more
+        shards is always two-phase.
+    :param join_transaction_mode: accepted for compatibility; no effect.
+    :param close_resets_only: accepted for compatibility; :meth:`close` and
+        :meth:`reset` do the same.
+    :raises InvalidRequestError: when no worker pool is given.
+
+    .. attribute:: bind
+
+        The worker pool (also available as ``pool``).
+
+    .. attribute:: identity_map
+
+        The live objects of this session by identity key ``(class, primary key
+        tuple, shard id)``, held weakly.
+
+    .. attribute:: autoflush
+
+        Whether queries and ``get()`` flush pending changes first; see
+        :attr:`no_autoflush`.
+
+    .. attribute:: expire_on_commit
+
+        Whether every object is expired after a commit, so that its attributes
+        are loaded again on next access.
     """
 
     def __init__(
@@ -616,10 +645,8 @@ class Session:
 
     def _register_persistent(self, state: InstanceState, shard: str) -> None:
         mapper = state.mapper
-        pk = tuple(
-            state.dict.get(mapper.attribute_key_for_column(c))
-            for c in mapper.local_table.primary_key
-        )
+        dict_ = state.dict
+        pk = tuple(dict_.get(k) for k in mapper_facts(mapper).pk_keys)
         key = (mapper.class_, pk, shard)
         obj = state.obj()  # keep it alive: marking persistent drops the session's strong ref
         state._mark_persistent(key, self, loader=self._loader, on_modified=self._on_modified)
@@ -808,7 +835,25 @@ class Session:
         execution_options: Mapping[str, Any] | None = None,
         bind_arguments: Mapping[str, Any] | None = None,
     ) -> Any:
-        """The object with primary key ``ident``, from the identity map or its shard(s)."""
+        """The object with primary key ``ident``, from the identity map or its shard(s).
+
+        An object already in the identity map is returned without a message to any
+        worker (its expired attributes are loaded first), unless
+        ``populate_existing`` or ``with_for_update`` is given.  Otherwise the shards
+        that may hold the row (``identity_token``, the ``identity_chooser``, or the
+        shard key when it is part of the primary key; else every shard, asked in
+        parallel) are queried by primary key.
+
+        :param entity: the mapped class.
+        :param ident: the primary key: a value, a tuple in primary key order, or a
+            dict of attribute names to values.
+        :param identity_token: the shard to look on.
+        :param populate_existing: overwrite the loaded values of an object already
+            in the identity map.
+        :param with_for_update: lock the row (``True`` or the arguments of
+            ``Select.with_for_update()`` as a dict).
+        :returns: the object, or ``None`` when no shard has the row.
+        """
         from shardsession.coordinator.execution import get
 
         return get(

@@ -29,7 +29,14 @@ from shardsession.sql import bindparam, compile_statement, delete, insert, updat
 if TYPE_CHECKING:
     from shardsession.coordinator.session import Session
 
-__all__ = ["UOWTransaction", "cascade_targets", "flush", "linked_states", "pk_where"]
+__all__ = [
+    "UOWTransaction",
+    "cascade_targets",
+    "flush",
+    "linked_states",
+    "mapper_facts",
+    "pk_where",
+]
 
 _REL_PASSIVE = PASSIVE_NO_INITIALIZE | PassiveFlag.INCLUDE_PENDING_MUTATIONS
 
@@ -51,6 +58,33 @@ class UOWTransaction:
         self.shard_of: dict[int, str] = {}
 
 
+class _MapperFacts:
+    """What the flush asks of a mapper for every object, worked out once per mapper."""
+
+    __slots__ = ("columns", "has_relationships", "manytoone", "onetomany", "pk_keys", "source")
+
+    def __init__(self, mapper: Any) -> None:
+        table = mapper.local_table
+        self.source = mapper.relationships  # a new object whenever a property is added
+        #: (column key, attribute key) of every column, in table order
+        self.columns = [(c.key, mapper.attribute_key_for_column(c)) for c in table.columns]
+        self.pk_keys = [mapper.attribute_key_for_column(c) for c in table.primary_key]
+        rels = list(mapper.relationships.values())
+        self.has_relationships = bool(rels)
+        self.manytoone = [r for r in rels if r.direction is MANYTOONE]
+        self.onetomany = [r for r in rels if r.direction is ONETOMANY]
+
+
+def mapper_facts(mapper: Any) -> _MapperFacts:
+    """The flush's cached :class:`_MapperFacts` of ``mapper`` (rebuilt if it gains a property)."""
+    attrs = mapper.__dict__
+    facts = attrs.get("_ss_flush_facts")
+    # the mapper's cached relationships object is replaced when a property is added
+    if facts is None or facts.source is not attrs.get("_relationships"):
+        facts = mapper._ss_flush_facts = _MapperFacts(mapper)
+    return facts
+
+
 def _linked(state: InstanceState, prop: Any) -> list[Any]:
     hist = state.get_history(prop.key, _REL_PASSIVE)
     return [o for o in (*hist.added, *hist.unchanged) if o is not None]
@@ -68,7 +102,10 @@ def cascade_targets(session: Session, roots: Iterable[InstanceState]) -> list[In
     stack = list(roots)
     while stack:
         state = stack.pop()
-        for prop in state.mapper.relationships.values():
+        mapper = state.mapper
+        if not mapper_facts(mapper).has_relationships:
+            continue
+        for prop in mapper.relationships.values():
             if not prop.cascade.save_update:
                 continue
             for obj in _linked(state, prop):
@@ -90,9 +127,7 @@ def _pull_parent_keys(state: InstanceState) -> None:
     same flush already have their generated keys.
     """
     mapper = state.mapper
-    for prop in mapper.relationships.values():
-        if prop.direction is not MANYTOONE:
-            continue
+    for prop in mapper_facts(mapper).manytoone:
         hist = state.get_history(prop.key, _REL_PASSIVE)
         if not hist.added and not hist.deleted:
             continue
@@ -118,9 +153,7 @@ def _push_keys_to_children(state: InstanceState, *, removed: bool) -> list[Insta
     """
     mapper = state.mapper
     changed: list[InstanceState] = []
-    for prop in mapper.relationships.values():
-        if prop.direction is not ONETOMANY:
-            continue
+    for prop in mapper_facts(mapper).onetomany:
         hist = state.get_history(prop.key, _REL_PASSIVE)
         for child_obj in () if removed else (*hist.added, *hist.unchanged):
             if child_obj is None:
@@ -171,16 +204,12 @@ def _table_order(states: Iterable[InstanceState]) -> list[Any]:
 
 
 def _column_values(state: InstanceState, only: Iterable[str] | None = None) -> dict[str, Any]:
-    mapper = state.mapper
-    out: dict[str, Any] = {}
     dict_ = state.dict
-    for column in mapper.local_table.columns:
-        key = mapper.attribute_key_for_column(column)
-        if only is not None and key not in only:
-            continue
-        if key in dict_:
-            out[column.key] = dict_[key]
-    return out
+    if only is None:
+        return {ck: dict_[ak] for ck, ak in mapper_facts(state.mapper).columns if ak in dict_}
+    return {
+        ck: dict_[ak] for ck, ak in mapper_facts(state.mapper).columns if ak in only and ak in dict_
+    }
 
 
 class _Outbox:
@@ -220,6 +249,8 @@ def flush(session: Session, uow: UOWTransaction, send: Callable[..., Any]) -> No
         return uow.shard_of.get(id(st)) or (st.key[2] if st.key is not None else None)
 
     for state in uow.new + uow.dirty:
+        if not mapper_facts(state.mapper).has_relationships:
+            continue
         for prop in state.mapper.relationships.values():
             for obj in _linked(state, prop):
                 check_same_shard(state, instance_state(obj), shard_of, prop)
@@ -237,12 +268,16 @@ def flush(session: Session, uow: UOWTransaction, send: Callable[..., Any]) -> No
     for table in _table_order(uow.new + uow.dirty):
         new = new_by_table.get(id(table), [])
         dirty = dirty_by_table.get(id(table), [])
-        for state in new + dirty:
-            _pull_parent_keys(state)
+        facts = [mapper_facts(m) for m in {st.mapper for st in new + dirty}]
+        if any(f.manytoone for f in facts):
+            for state in new + dirty:
+                _pull_parent_keys(state)
         _write_inserts(table, new, uow, outbox)
         _write_updates(table, dirty, uow, outbox)
-        pushed = [c for st in new + dirty for c in _push_keys_to_children(st, removed=True)]
-        pushed += [c for st in new + dirty for c in _push_keys_to_children(st, removed=False)]
+        pushed = []
+        if any(f.onetomany for f in facts):
+            pushed = [c for st in new + dirty for c in _push_keys_to_children(st, removed=True)]
+            pushed += [c for st in new + dirty for c in _push_keys_to_children(st, removed=False)]
         for child in pushed:
             if id(child) not in flushing and child.key is not None:
                 # a persistent child whose only change is its new foreign key
