@@ -365,11 +365,16 @@ class SessionTransaction:
             root._committing = False
         if len(root._writers & set(root._handles)) <= 1:
             try:
+                # A shard that only read has nothing to make durable: its COMMIT is
+                # sent without waiting for the reply.
+                for shard, h in root._handles.items():
+                    if shard not in root._writers:
+                        h.send_and_forget(p.Commit(expire=session.expire_on_commit))
                 gather(
                     [
                         (h, p.Commit(expire=session.expire_on_commit))
                         for shard, h in root._handles.items()
-                        if shard not in root._committed_early
+                        if shard in root._writers and shard not in root._committed_early
                     ]
                 )
             except Exception:
@@ -479,7 +484,8 @@ class SessionTransaction:
         for handle in list(root._handles.values()):
             if handle.alive():
                 try:
-                    handle.request(p.Rollback())
+                    # nobody waits for a ROLLBACK: whatever the worker runs next follows it
+                    handle.send_and_forget(p.Rollback())
                 except Exception:
                     pass
         session._restore_after_rollback(self)

@@ -39,6 +39,7 @@ class WorkerHandle:
         self.backend_pid: int | None = None
         self.lost = False
         self.pending = 0  # requests sent whose reply was not read yet
+        self.unread = 0  # replies nobody waits for, skipped by the next recv()
         self.idle_since = time.monotonic()
 
     def __repr__(self) -> str:
@@ -75,12 +76,26 @@ class WorkerHandle:
             raise self._lost(f"receiving {type(request).__name__}") from err
         self.pending += 1
 
+    def send_and_forget(self, request: p.Request) -> None:
+        """Send ``request`` whose reply nobody will wait for (a ROLLBACK, a read-only COMMIT).
+
+        The worker runs requests in order, so whatever is sent next runs after it;
+        its reply is read and dropped by the next :meth:`recv`.  Saves a round trip
+        where the outcome cannot matter.
+        """
+        self.send(request)
+        self.pending -= 1
+        self.unread += 1
+
     def recv(self) -> Any:
         """Wait for the reply to the oldest request sent; return its value or raise its error."""
         try:
+            while self.unread:
+                p.recv_message(self.pipe)
+                self.unread -= 1
             reply = p.recv_message(self.pipe)
         except (OSError, EOFError, ValueError) as err:
-            self.pending = 0
+            self.pending = self.unread = 0
             raise self._lost("running a request") from err
         self.pending -= 1
         if isinstance(reply, p.Failure):
