@@ -135,6 +135,19 @@ class WorkerPool:
         runs at start); ``None`` turns background recovery off.
     :param recovery_grace: seconds an undecided prepared transaction must have
         existed before background recovery presumes it aborted.
+
+    .. attribute:: shards
+
+        Shard name -> DSN, as given.
+
+    .. attribute:: start_method
+
+        The ``multiprocess`` start method the workers were started with.
+
+    .. attribute:: last_recovery
+
+        The :class:`~shardsession.recovery.RecoveryReport` of the last background
+        recovery run, or ``None`` before the first one.
     """
 
     def __init__(
@@ -496,7 +509,8 @@ def create_pool(
 
     ``create_pool({"s0": dsn0, "s1": dsn1}, workers_per_shard=2)``.  Further
     keyword arguments (``max_overflow``, ``checkout_timeout``, ``monitor_interval``,
-    ``check_two_phase``) are passed to :class:`WorkerPool`.
+    ``check_two_phase``, ``recovery_interval``, ``recovery_grace``, ``pre_ping``) are
+    passed to :class:`WorkerPool`, which describes every argument.
     """
     return WorkerPool(
         shards,

@@ -41,6 +41,7 @@ class RecoveryReport:
     :ivar pruned: decision records deleted because nothing of theirs is prepared any more.
     :ivar skipped_shards: shards another recoverer was working on.
     :ivar errors: shard -> message, for shards that could not be reached.
+    :ivar dry_run: whether this was a dry run (nothing was changed).
     """
 
     committed: list[str] = field(default_factory=list)
@@ -108,9 +109,12 @@ def recover(
 ) -> RecoveryReport:
     """Settle every in-doubt shardsession transaction on ``dsns`` (shard -> DSN).
 
+    :param dsns: every shard of the pool, by the name the pool gives it: a
+        transaction's commit point is found by its shard name.
     :param older_than: seconds a prepared transaction without a decision must have
         existed before it is presumed aborted.
     :param dry_run: report what would be done, change nothing.
+    :returns: a :class:`RecoveryReport` of what was done (or would be).
     """
     report = RecoveryReport(dry_run=dry_run)
     # Taken before any listing: a decision recorded before its shard's cutoff had

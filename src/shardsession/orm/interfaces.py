@@ -56,12 +56,12 @@ class ColumnProperty(MapperProperty):
 
     @property
     def expression(self) -> Any:
-        """The mapped :class:`~shardsession.sql.Column`."""
+        """The mapped :class:`!Column`."""
         return self.columns[0]
 
     @property
     def column(self) -> Any:
-        """The mapped :class:`~shardsession.sql.Column` (same as :attr:`expression`)."""
+        """The mapped :class:`!Column` (same as :attr:`expression`)."""
         return self.columns[0]
 
     def _clause_element(self) -> Any:

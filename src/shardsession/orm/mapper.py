@@ -20,11 +20,29 @@ __all__ = ["Mapper"]
 
 
 class Mapper:
-    """The mapping of a class to a :class:`~shardsession.sql.Table`.
+    """The mapping of a class to a :class:`!Table`.
 
     Obtain it with ``inspect(User)``.  It lists the mapped columns and
     relationships and builds identity keys ``(class, primary key tuple,
-    identity token)``, where the identity token is the shard id.
+    identity token)``, where the identity token is the shard id.  The shard
+    choosers of a :class:`~shardsession.Session` receive it as their ``mapper``
+    argument.
+
+    .. attribute:: class_
+
+        The mapped class.
+
+    .. attribute:: local_table
+
+        The :class:`!Table` the class is mapped to.
+
+    .. attribute:: primary_key
+
+        The primary key columns of :attr:`local_table`, in table order.
+
+    .. attribute:: shard_key
+
+        The attribute name given as the class's ``__shard_key__``, or ``None``.
     """
 
     is_mapper = True
@@ -135,7 +153,7 @@ class Mapper:
 
     @property
     def relationships(self) -> ReadOnlyProperties[RelationshipProperty]:
-        """The :class:`.RelationshipProperty` objects, by attribute key."""
+        """The :class:`!RelationshipProperty` objects, by attribute key."""
         self._check_configure()
         # Read on every flush of every object: built once, rebuilt when a property is added.
         cached = getattr(self, "_relationships", None)

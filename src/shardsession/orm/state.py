@@ -86,6 +86,25 @@ class InstanceState:
     :func:`~shardsession.orm.util.object_state`.  Attribute values live in the
     object's ``__dict__`` (:attr:`dict`); :attr:`committed_state` holds, for each
     attribute changed since the last snapshot, its value at that snapshot.
+
+    .. attribute:: key
+
+        The identity key ``(class, primary key tuple, shard id)``, or ``None``
+        for a transient or pending object (same as :attr:`identity_key`).
+
+    .. attribute:: committed_state
+
+        Attribute key -> the value it had at the last load or flush, for the
+        attributes changed since then.
+
+    .. attribute:: expired_attributes
+
+        The keys of the attributes that are expired: they are loaded again from
+        the object's shard when next read.
+
+    .. attribute:: modified
+
+        ``True`` when an attribute of the object changed since the last flush.
     """
 
     def __init__(self, obj: Any, manager: ClassManager) -> None:
