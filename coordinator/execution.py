@@ -130,7 +130,7 @@ def _select(
             # Build a whole chunk (or everything) before yielding to the caller.
             with paused_gc():
                 part = islice(rows, chunk) if chunk else rows
-                batch = [processor(row[:-1], row[-1]) for row in part]
+                batch = [processor(row, row[-1]) for row in part]  # row ends with its shard
             if not batch:
                 return
             selectin_load(session, batch)

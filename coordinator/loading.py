@@ -52,16 +52,24 @@ class EntityLoader:
         self.keys = tuple(keys)
         self.pk_positions = tuple(pk_positions)
         self.populate_existing = populate_existing
+        self._stop = start + len(self.keys)
+        self._new_instance = self.mapper.class_manager.new_instance
 
     def __call__(self, row: Sequence[Any], shard: str) -> Any:
-        """Return the object for ``row`` (fetched from ``shard``)."""
-        pk = tuple(row[i] for i in self.pk_positions)
-        if all(v is None for v in pk):
-            return None  # an outer join that matched nothing
+        """Return the object for ``row`` (fetched from ``shard``; extra trailing items ignored)."""
+        positions = self.pk_positions
+        if len(positions) == 1:
+            pk: tuple[Any, ...] = (row[positions[0]],)
+            if pk[0] is None:
+                return None  # an outer join that matched nothing
+        else:
+            pk = tuple(row[i] for i in positions)
+            if all(v is None for v in pk):
+                return None
         key = (self.cls, pk, shard)
         session = self.session
         obj = session.identity_map.get(key)
-        values = row[self.start : self.start + len(self.keys)]
+        values = row[self.start : self._stop]
         if obj is not None:
             state = instance_state(obj)
             if self.populate_existing:
@@ -73,12 +81,9 @@ class EntityLoader:
                     if name in state.expired_attributes and name not in state.committed_state:
                         set_committed_value(obj, name, value)
             return obj
-        obj = self.mapper.class_manager.new_instance()
-        state = instance_state(obj)
-        dict_ = state.dict
-        for name, value in zip(self.keys, values, strict=True):
-            dict_[name] = value
-        session._register_loaded(state, key)
+        obj = self._new_instance()
+        obj.__dict__.update(zip(self.keys, values, strict=True))
+        session._register_loaded(instance_state(obj), key)
         return obj
 
 
@@ -113,6 +118,9 @@ def row_processor_for(
             )
         )
     width = len(compiled.result_keys)
+    if len(loaders) == 1 and loaders[0][0] == 0 and loaders[0][1] == width:
+        only = loaders[0][2]
+        return lambda row, shard: (only(row, shard),)  # the common select(Model)
 
     def process(row: Sequence[Any], shard: str) -> tuple[Any, ...]:
         out: list[Any] = []

@@ -226,6 +226,22 @@ class _Source:
             self.close()
             raise
 
+    def rest(self) -> list[Any]:
+        """Every remaining row, processed, in one go (then released)."""
+        if self.closed:
+            raise ResourceClosedError("This result object is closed.")
+        if self.it is None:
+            return []
+        try:
+            raws = list(self.it)
+            proc = self.row_processor
+            rows = [proc(raw) for raw in raws] if proc is not None else raws
+        except BaseException:
+            self.close()
+            raise
+        self.release()
+        return rows
+
     def release(self) -> None:
         """Drop the iterator and run ``on_close`` (once)."""
         it, self.it = self.it, None
@@ -326,6 +342,9 @@ class _Fetcher:
 
     def all(self) -> list[Any]:
         """Return every remaining row in a list; the result is exhausted afterwards."""
+        if not self._unique:
+            convert = self._convert
+            return [convert(row) for row in self._src.rest()]
         return list(self)
 
     def partitions(self, size: int | None = None) -> Iterator[list[Any]]:
