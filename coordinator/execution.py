@@ -129,7 +129,7 @@ def _select(
         while True:
             # Build a whole chunk (or everything) before yielding to the caller.
             with paused_gc():
-                part = islice(rows, chunk) if chunk else rows
+                part = islice(rows, chunk) if chunk else raw.all()
                 batch = [processor(row, row[-1]) for row in part]  # row ends with its shard
             if not batch:
                 return

@@ -237,6 +237,11 @@ def selectin_load(session: Session, rows: Sequence[Sequence[Any]]) -> None:
     Objects whose relationship is already loaded are skipped; children loaded
     this way get their own selectin relationships loaded in turn.
     """
+    if not rows:
+        return
+    first = rows[0]
+    if None not in first and not any(_has_selectin(value) for value in first):
+        return  # every row holds the same entities (an outer join's None aside)
     by_class: dict[type, list[InstanceState]] = {}
     seen: set[int] = set()
     for row in rows:
@@ -253,6 +258,13 @@ def selectin_load(session: Session, rows: Sequence[Sequence[Any]]) -> None:
             todo = [s for s in states if prop.key not in s.dict]
             if todo:
                 _selectin_one(session, prop, todo)
+
+
+def _has_selectin(value: Any) -> bool:
+    state = getattr(value, "_sa_instance_state", None)
+    if not isinstance(state, InstanceState):
+        return False
+    return any(prop.lazy == "selectin" for prop in state.mapper.relationships.values())
 
 
 def _selectin_one(session: Session, prop: Any, states: list[InstanceState]) -> None:

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 __all__ = ["ClassManager", "is_instrumented", "manager_of_class", "register_class"]
 
 
+_InstanceState: Any = None
+
 class ClassManager:
     """The registry of instrumented attributes of one mapped class.
 
@@ -52,9 +54,10 @@ class ClassManager:
         setattr(self.class_, key, attr)
 
     def _new_state(self, instance: Any) -> InstanceState:
-        from shardsession.orm.state import InstanceState
-
-        state = InstanceState(instance, self)
+        global _InstanceState
+        if _InstanceState is None:  # imported late: the state module imports this one
+            from shardsession.orm.state import InstanceState as _InstanceState
+        state = _InstanceState(instance, self)
         instance.__dict__[DEFAULT_STATE_ATTR] = state
         return state
 

@@ -325,12 +325,16 @@ class InstanceState:
 
     def _commit_all(self) -> None:
         """Take a snapshot: the current values become committed and history is cleared."""
-        dict_ = self.dict
-        self.committed_state.clear()
-        self._pending_mutations.clear()
-        self.expired_attributes.difference_update(
-            k for k in list(self.expired_attributes) if k in dict_
-        )
+        # Runs for every loaded row: touch only what is not already empty.
+        if self.committed_state:
+            self.committed_state.clear()
+        if self._pending_mutations:
+            self._pending_mutations.clear()
+        if self.expired_attributes:
+            dict_ = self.dict
+            self.expired_attributes.difference_update(
+                [k for k in self.expired_attributes if k in dict_]
+            )
         if not self.expired_attributes:
             self.expired = False
         self.modified = False
