@@ -629,18 +629,19 @@ class Session:
         shards = list(calls)
         trans._mark_written(shards)
         handles = [trans._handle(s) for s in shards]
-        commit = None
-        if final and trans._commit_with_flush():
-            # The last batch of the commit's flush, and its shard is the only writer:
-            # the worker commits right after it (one round trip fewer).
-            commit = p.Commit(expire=self.expire_on_commit)
-            trans._root._committed_early.add(shards[0])
-        results = gather(
-            [
-                (h, p.FlushBatch(tuple(calls[s]), commit))
-                for h, s in zip(handles, shards, strict=True)
-            ]
-        )
+        # The commit's last batch may end with the COMMIT (a lone writer) or the
+        # PREPAREs (several writers): one round trip fewer.
+        ends = trans._finish_flush_with(shards) if final else {}
+        batches = []
+        for h, s in zip(handles, shards, strict=True):
+            end = ends.get(s)
+            batch = p.FlushBatch(
+                tuple(calls[s]),
+                commit=end if isinstance(end, p.Commit) else None,
+                prepare=end if isinstance(end, p.Prepare) else None,
+            )
+            batches.append((h, batch))
+        results = gather(batches)
         return dict(zip(shards, results, strict=True))
 
     def _register_persistent(self, state: InstanceState, shard: str) -> None:

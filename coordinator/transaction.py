@@ -103,6 +103,8 @@ class SessionTransaction:
         self._committing = False
         #: shards whose worker already committed at the end of the commit's flush
         self._committed_early: set[str] = set()
+        #: shards whose worker already PREPAREd at the end of the commit's flush
+        self._prepared_early: set[str] = set()
         self._gid: str | None = None
         self._commit_point = ""
         self._prepared: list[str] = []
@@ -168,21 +170,31 @@ class SessionTransaction:
     def _mark_written(self, shards: Any) -> None:
         self._root._writers.update(shards)
 
-    def _commit_with_flush(self) -> bool:
-        """Whether the flush now running may end by committing its single writer.
+    def _finish_flush_with(self, shards: list[str]) -> dict[str, p.Commit | p.Prepare]:
+        """What the commit's last flush batch may end with on each of ``shards``.
 
-        Only inside the root's ``commit()``, when exactly one shard wrote in the
-        whole transaction (a one-phase commit), and when no flush listener could
-        change objects after the flush (SQLAlchemy would flush those changes again
-        before committing).
+        With one writer in the whole transaction: its COMMIT.  With several: the
+        PREPARE of every writer of this batch but the commit point, so the first
+        phase costs no round trip of its own (the commit point's decision still
+        waits until every other writer is prepared).  Nothing while flush listeners
+        could change objects after the flush.
         """
         root = self._root
-        return (
+        if not (
             root._committing
             and self.session._transaction is root
-            and len(root._writers) == 1
             and not event.any_listeners("after_flush", "after_flush_postexec")
-        )
+        ):
+            return {}
+        if len(root._writers) == 1:
+            root._committed_early.update(shards)
+            return {s: p.Commit(expire=self.session.expire_on_commit) for s in shards}
+        writers = sorted(root._writers & set(root._handles))
+        root._commit_point = writers[0]
+        root._gid = root._gid or new_global_id(root._commit_point)
+        early = [s for s in shards if s != root._commit_point]
+        root._prepared_early.update(early)
+        return {s: p.Prepare(root.gid_for(s)) for s in early}
 
     def _fail(self) -> None:
         level: SessionTransaction | None = self
@@ -227,11 +239,17 @@ class SessionTransaction:
         root = self._root
         writers = sorted(root._writers & set(root._handles))
         self._commit_point = writers[0]
-        self._gid = new_global_id(self._commit_point)
+        self._gid = self._gid or new_global_id(self._commit_point)
         to_prepare = writers if include_commit_point else writers[1:]
         readers = [s for s in root._handles if s not in writers]
-        calls = [(root._handles[s], p.Prepare(self.gid_for(s))) for s in to_prepare]
+        calls = [
+            (root._handles[s], p.Prepare(self.gid_for(s)))
+            for s in to_prepare
+            if s not in root._prepared_early
+        ]
         calls += [(root._handles[s], p.Commit()) for s in readers]
+        if not calls and root._prepared_early:
+            _crash_point("after_prepare_some")  # they were prepared by the flush
         sent = []
         try:
             for handle, request in calls:
@@ -361,6 +379,12 @@ class SessionTransaction:
         root._committing = True
         try:
             session._flush_if_needed()
+        except BaseException:
+            if root._prepared_early:
+                # the flush failed elsewhere after some writers were prepared
+                self._abort_prepared(sorted(root._prepared_early))
+                root._prepared_early.clear()
+            raise
         finally:
             root._committing = False
         if len(root._writers & set(root._handles)) <= 1:

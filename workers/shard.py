@@ -220,7 +220,9 @@ class ShardConnection:
 
     def _flush(self, req: p.FlushBatch) -> list[Any]:
         results = [self.handle(statement) for statement in req.statements]
-        if req.commit is not None:
+        if req.prepare is not None:
+            self._prepare(req.prepare)
+        elif req.commit is not None:
             self._commit(req.commit)
         return results
 

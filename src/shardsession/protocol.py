@@ -139,6 +139,9 @@ class FlushBatch:
     #: commit the transaction after the last statement (saves a round trip when a
     #: single shard wrote and the session is committing)
     commit: Commit | None = None
+    #: PREPARE TRANSACTION after the last statement (the first phase of a two-phase
+    #: commit, in the same round trip as the commit's final flush)
+    prepare: Prepare | None = None
 
 
 @dataclass(frozen=True, slots=True)

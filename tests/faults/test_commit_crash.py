@@ -94,13 +94,19 @@ def test_application_killed_during_commit(accounts_table, point: str) -> None:
     assert app.returncode == 9, app.stderr
     workers = json.loads(app.stdout.splitlines()[0])
     _wait(lambda: all(_gone(p) for p in workers), 15, "the workers to exit")
+    prepared = _count(
+        dsns, "SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()"
+    )
     report = recover(dsns, older_than=0)
     assert not report.errors
     rows = _count(dsns, "SELECT count(*) FROM acct WHERE id >= 1000")
     total = sum(rows.values())
     assert total == (12 if POINTS[point] else 0), (point, rows, report)
     if POINTS[point] and point != "after_decision":
-        assert report.committed, "some participants were still to commit"
+        # The crash left participants prepared with a commit decision; the rows
+        # counted above show they were committed (by this recovery, or by the test
+        # pool's background round if that ran first).
+        assert sum(prepared.values()) > 0, "the crash should leave participants prepared"
     left = _count(
         dsns, "SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()"
     )
