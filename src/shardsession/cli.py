@@ -10,6 +10,9 @@ Commands:
     stop it.
 ``check``
     check shard DSNs of external servers (reachable, two-phase commit enabled).
+``demo``
+    a multi-tenant workload over four shards: load, cross-shard queries,
+    two-phase transfers while workers are killed, recovery, and the invariant.
 
 Every command takes ``--json`` for scripts.  Expected failures (no PostgreSQL
 binaries, a busy port, a folder owned by someone else, a misconfigured server)
@@ -86,6 +89,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--dsn", action="append", required=True, help="a shard DSN (repeat for each shard)"
     )
     check.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    demo = sub.add_parser(
+        "demo",
+        help="load, query and move money across 4 shards while killing workers; check it all",
+    )
+    demo.add_argument(
+        "--path",
+        default=None,
+        help=f"the demo cluster's folder (default: {default_cluster_path().parent / 'demo'})",
+    )
+    demo.add_argument(
+        "--dsn",
+        action="append",
+        metavar="SHARD=DSN",
+        help="use these shards instead of the embedded cluster (repeat for each shard; the "
+        "demo replaces its demo_* tables there and runs recovery with --older-than 0, so "
+        "use shards no other application writes to)",
+    )
+    demo.add_argument("--keep", action="store_true", help="leave the cluster running; print DSNs")
+    demo.add_argument("--quick", action="store_true", help="small sizes and short transfers")
+    demo.add_argument("--tenants", type=int, default=None, help="tenants to load (40)")
+    demo.add_argument("--users", type=int, default=None, help="users to load (2000)")
+    demo.add_argument("--orders", type=int, default=None, help="orders to load (10000)")
+    demo.add_argument("--processes", type=int, default=None, help="transfer processes (3)")
+    demo.add_argument("--seconds", type=float, default=None, help="seconds of transfers (8)")
+    demo.add_argument("--json", action="store_true", help="print one JSON document for scripts")
 
     bench = sub.add_parser(
         "bench",
@@ -197,6 +226,40 @@ def _cmd_recover(args: argparse.Namespace) -> int:
     return 1 if report.errors else 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from shardsession.demo.report import make_reporter
+    from shardsession.demo.run import QUICK, DemoOptions, parse_dsns, run_demo
+    from shardsession.demo.workload import Sizes
+
+    sizes = QUICK if args.quick else Sizes()
+    given = {
+        name: getattr(args, name)
+        for name in ("tenants", "users", "orders", "processes", "seconds")
+        if getattr(args, name) is not None
+    }
+    sizes = dataclasses.replace(sizes, **given)
+    problem = None
+    if any(value < 1 for value in given.values()):
+        problem = "--tenants, --users, --orders, --processes and --seconds must be at least 1"
+    elif sizes.users < sizes.tenants:
+        problem = "--users must be at least --tenants (every tenant has a user)"
+    elif args.dsn and args.path:
+        problem = "give --dsn (shards of your own) or --path (the embedded cluster), not both"
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    options = DemoOptions(
+        path=args.path,
+        dsns=parse_dsns(args.dsn) if args.dsn else None,
+        keep=args.keep,
+        sizes=sizes,
+    )
+    report = run_demo(options, make_reporter(args.json))
+    return 0 if report["ok"] else 1
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from shardsession.bench.__main__ import main as bench_main
 
@@ -209,6 +272,7 @@ _COMMANDS = {
     "down": _cmd_down,
     "check": _cmd_check,
     "recover": _cmd_recover,
+    "demo": _cmd_demo,
     "bench": _cmd_bench,
 }
 
