@@ -1,31 +1,40 @@
-"""Worker round trip: an empty request and a 1-row query through a worker,
-against the same query over a direct psycopg connection, in the same run."""
+"""Workload 8 -- worker round trip: an empty request and a 1-row query through a
+worker process, against the same over a direct psycopg connection, in the same run.
+
+This is the floor under every other figure: each statement the coordinator sends
+costs one such round trip (pickle, pipe, the worker's psycopg call, pipe, unpickle)
+where an in-process driver pays only its own.
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
 import psycopg
 
-from .common import best_of, per_op_us
-from shardsession import create_pool
 from shardsession import protocol as p
 
+from .common import Figure, Trial, WorkloadResult, expect, measure
+from .context import Context
+
+NAME = "roundtrip"
+TITLE = "Worker round trip: empty request and 1-row query vs a direct psycopg connection"
 QUERY = "SELECT id, owner FROM bench_roundtrip WHERE id = %s"
+EMPTY, ONE_ROW = "empty request", "1-row query"
 
 
-def run(dsns: dict[str, str], n: int = 2000, repeat: int = 5) -> list[dict[str, Any]]:
-    """Measure; return one row per operation with microseconds and ratios."""
-    dsn = dsns["s0"]
+def run(ctx: Context) -> WorkloadResult:
+    """Measure; return microseconds per operation and the ratio to psycopg."""
+    n = max(10, 2 * ctx.params.ops)
+    shard = ctx.layout.shard_ids[0]
+    dsn = ctx.layout.dsns[shard]
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS bench_roundtrip")
         conn.execute("CREATE TABLE bench_roundtrip (id int PRIMARY KEY, owner text)")
         conn.execute("INSERT INTO bench_roundtrip VALUES (1, 'alice')")
-    pool = create_pool({"s0": dsn}, workers_per_shard=1)
+    pool = ctx.pool
     direct = psycopg.connect(dsn, autocommit=True)
     direct.prepare_threshold = 2
+    worker = pool.checkout(shard)
     try:
-        worker = pool.checkout("s0")
         ping = p.Ping()
         query = p.Execute(QUERY, (1,))
 
@@ -49,24 +58,36 @@ def run(dsns: dict[str, str], n: int = 2000, repeat: int = 5) -> list[dict[str, 
                 direct.execute(QUERY, (1,)).fetchall()
             return n
 
-        worker_query()  # warm up prepared statements on both sides
-        direct_query()
-        results = {
-            name: per_op_us(*best_of(fn, repeat))
-            for name, fn in [
-                ("worker empty request", worker_empty),
-                ("worker 1-row query", worker_query),
-                ("psycopg empty statement", direct_empty),
-                ("psycopg 1-row query", direct_query),
-            ]
+        reply = worker.request(query)  # warm up prepared statements on both sides
+        expect(
+            [tuple(r) for r in reply.rows] == [(1, "alice")],
+            f"roundtrip: the worker answered {reply.rows!r}, expected [(1, 'alice')]",
+        )
+        expect(
+            direct_query() == n and direct.execute(QUERY, (1,)).fetchall() == [(1, "alice")],
+            "roundtrip: psycopg did not answer (1, 'alice')",
+        )
+        trials = {
+            f"shardsession|{EMPTY}": Trial(worker_empty),
+            f"psycopg|{EMPTY}": Trial(direct_empty),
+            f"shardsession|{ONE_ROW}": Trial(worker_query),
+            f"psycopg|{ONE_ROW}": Trial(direct_query),
         }
+        best = measure(trials, ctx.params.repeat)
         worker.request(p.Rollback())
-        pool.checkin(worker)
     finally:
+        pool.checkin(worker)
         direct.close()
-        pool.close()
-    base_query = results["psycopg 1-row query"]
-    return [
-        {"operation": name, "us_per_op": us, "vs_psycopg_1row": us / base_query}
-        for name, us in results.items()
-    ]
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("DROP TABLE IF EXISTS bench_roundtrip")
+    result = WorkloadResult(NAME, TITLE, unit="us", higher_is_better=False)
+    for key, (seconds, count) in best.items():
+        side, variant = key.split("|")
+        result.figures.append(Figure(side, seconds / count * 1e6, seconds, count, variant))
+    result.checks.append("the worker and psycopg both answer the query with (1, 'alice')")
+    result.notes.append(
+        f"{n} requests per repetition on shard {shard}'s worker, checked out of the pool; "
+        "psycopg: one autocommit connection, prepared statements from the 2nd execution. "
+        "No target: this is the cost every other figure is built from."
+    )
+    return result

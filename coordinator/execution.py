@@ -18,12 +18,12 @@ from shardsession.coordinator.execute_state import ORMExecuteState, run_execute_
 from shardsession.coordinator.gcpause import paused_gc
 from shardsession.coordinator.loading import result_keys_for, row_processor_for, selectin_load
 from shardsession.coordinator.result import Result
-from shardsession.coordinator.scatter import execute_plan, plan_select
+from shardsession.coordinator.scatter import check_textual_scatter, execute_plan, plan_select
 from shardsession.coordinator.unitofwork import pk_where
 
 from shardsession import event
 from shardsession import protocol as p
-from shardsession.exc import InvalidRequestError, ObjectDeletedError
+from shardsession.exc import InvalidRequestError, ObjectDeletedError, ShardNotFoundError
 from shardsession.orm.attributes import instance_state, set_committed_value
 from shardsession.orm.inspection import inspect
 from shardsession.protocol import gather
@@ -101,6 +101,8 @@ def _execute_state(state: ORMExecuteState) -> Result:
     handles = {shard: trans._handle(shard) for shard in shards}
     if compiled.returns_rows and compiled.is_select:
         return _select(session, statement, compiled, params, handles, options)
+    if compiled.is_text and len(handles) > 1:
+        check_textual_scatter(compiled.sql)  # before any shard runs it
     if compiled.is_dml or compiled.is_text:
         trans._mark_written(shards)
     return _run_everywhere(session, statement, compiled, params, handles, options)
@@ -119,7 +121,7 @@ def _select(
     )
     keys = result_keys_for(statement, compiled)
     chunk = options.get("yield_per") or (options.get("stream_results") and 1000) or None
-    plan = plan_select(statement, compiled, params)
+    plan = plan_select(statement, compiled, params, single_shard=len(handles) == 1)
     raw = execute_plan(plan, handles, stream_chunk=chunk, tag_shard=processor is not None)
     if processor is None:
         return raw
@@ -445,13 +447,33 @@ class ShardConnection:
 # -- bulk -----------------------------------------------------------------------
 
 
-def _shard_for_values(session: Session, mapper: Any, values: Mapping[str, Any]) -> list[str]:
+def _shard_for_values(
+    session: Session, mapper: Any, values: Mapping[str, Any], *, insert: bool, index: int = 0
+) -> list[str]:
+    """The shards a bulk row goes to: one for an INSERT, every candidate for an UPDATE.
+
+    :param index: the row's position, for the error message.
+    :raises ShardNotFoundError: for an INSERT row whose shard cannot be determined
+        (a row is never inserted on several shards).
+    """
     probe = mapper.class_manager.new_instance()
     instance_state(probe).dict.update(values)
     if session.shard_chooser is not None or (
         mapper.shard_key is not None and values.get(mapper.shard_key) is not None
     ):
         return [session._router.shard_for_instance(mapper, probe)]
+    if insert:
+        cls = mapper.class_.__name__
+        key = mapper.shard_key
+        if key is None:
+            why = (
+                f"{cls} declares no __shard_key__ and the session has no shard_chooser; add "
+                f"__shard_key__ = '<attribute>' to {cls}, pass shard_chooser= to the Session, "
+                "or add the objects with session.add() so they follow the objects they link to"
+            )
+        else:
+            why = f"it has no value for the shard key {cls}.{key}; include {key!r} in every row"
+        raise ShardNotFoundError(f"cannot route row {index} inserted into {cls}: {why}")
     pk = tuple(
         values.get(mapper.attribute_key_for_column(c)) for c in mapper.local_table.primary_key
     )
@@ -483,7 +505,7 @@ def bulk_mappings(
                 f"{mapper.class_.__name__} has no column attribute(s) {sorted(unknown)}"
             )
         row = {column_for[k].key: v for k, v in values.items()}
-        for shard in _shard_for_values(session, mapper, values):
+        for shard in _shard_for_values(session, mapper, values, insert=insert, index=index):
             groups[(shard, tuple(sorted(row)))].append((index, row))
     pk_cols = list(table.primary_key)
     calls: dict[str, list[tuple[Any, list[int]]]] = defaultdict(list)

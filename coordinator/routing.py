@@ -5,7 +5,7 @@ and chooser signatures of SQLAlchemy's ``horizontal_shard.ShardedSession``:
 
 * :meth:`Router.shard_for_instance` -- the one shard a new object is inserted into;
 * :meth:`Router.shards_for_identity` -- the shards that may hold a primary key
-  (``Session.get()``, lazy many-to-one loads);
+  (``Session.get()`` and what uses it: ``merge()``, ``bulk_update_mappings()``);
 * :meth:`Router.shards_for_execute` -- the shards a statement runs on.
 
 Without user choosers a model's ``__shard_key__`` attribute routes it: its value is
@@ -384,8 +384,10 @@ class Router:
         :param mapper: the mapper of the class looked up.
         :param primary_key: a scalar, a tuple in primary key column order, or a dict
             of attribute names to values.
-        :param lazy_loaded_from: the :class:`~shardsession.orm.state.InstanceState`
-            whose relationship is being loaded, if any.
+        :param lazy_loaded_from: passed on to the ``identity_chooser`` unchanged; the
+            session always passes None.  Lazy loads of relationships never come here:
+            relationships do not cross shards, so they run on the shard of the object
+            they are loaded from.
         :param execution_options: the execution options of the lookup.
         :param bind_arguments: the bind arguments of the lookup.
         :param identity_token: the shard the caller already knows.

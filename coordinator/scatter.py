@@ -26,7 +26,9 @@ What cannot be combined raises :class:`~shardsession.exc.InvalidRequestError` in
 of returning a wrong answer: ``count`` / ``sum`` / ``avg`` over ``DISTINCT``, other
 aggregate functions (``array_agg``, ``string_agg``, ``stddev`` ...), aggregates nested
 in expressions of the select list or ORDER BY (``count(*) + 1``), and textual SELECTs
-that order, limit, group or aggregate.
+(``text()``, with or without ``.columns()``) that order, limit, offset, group,
+de-duplicate or aggregate (:func:`check_textual_scatter`); other textual SELECTs are
+concatenated.
 
 :func:`execute_plan` sends the plan to every shard before awaiting any reply and
 returns a lazy :class:`~shardsession.coordinator.result.Result`; with *stream_chunk*
@@ -52,7 +54,7 @@ from shardsession.sql.expressions import Label, UnaryExpression
 from shardsession.sql.functions import Function, func
 from shardsession.sql.selects import Exists, ScalarSelect, Select
 
-__all__ = ["ScatterPlan", "execute_plan", "plan_select"]
+__all__ = ["ScatterPlan", "check_textual_scatter", "execute_plan", "plan_select"]
 
 Row = tuple[Any, ...]
 
@@ -68,10 +70,18 @@ _OTHER_AGGREGATES = frozenset(
 _ONE_SHARD = "run it on one shard (bind_arguments={'shard_id': ...})"
 # What a textual SELECT cannot do correctly when its rows are only concatenated.
 _TEXT_NEEDS_MERGE = re.compile(
-    r"\b(order\s+by|limit|offset|fetch\s+first|group\s+by|distinct|"
-    r"(?:count|sum|min|max|avg)\s*\()",
+    r"\b(?:order\s+by|group\s+by|having|limit|offset|fetch\s+(?:first|next))\b"
+    r"|\bdistinct\b(?!\s+from\b)"  # not IS [NOT] DISTINCT FROM
+    r"|\b(?:" + "|".join(sorted(_COMBINABLE | _OTHER_AGGREGATES)) + r")\s*\(",
     re.IGNORECASE,
 )
+# String literals, quoted identifiers and comments: the words in them are not SQL.
+_TEXT_QUOTED = re.compile(
+    r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|\$([A-Za-z_]\w*|)\$.*?\$\1\$|--[^\n]*|/\*.*?\*/",
+    re.DOTALL,
+)
+_TEXT_FIRST_WORD = re.compile(r"[\s(]*(\w+)")
+_TEXT_WORD = re.compile(r"[()]|\b(?:select|values|table|insert|update|delete|merge)\b", re.I)
 
 
 class ScatterPlan:
@@ -304,8 +314,63 @@ def _int(value: Any, what: str) -> int | None:
 # -- planning ----------------------------------------------------------------------
 
 
+def _textual_query_verb(sql: str) -> str | None:
+    """The statement keyword of a query written as text, or None for anything else.
+
+    ``sql`` has its literals and comments blanked.  A ``WITH`` query's keyword is the
+    one after its common table expressions (outside their parentheses).
+    """
+    first = _TEXT_FIRST_WORD.match(sql)
+    verb = first.group(1).lower() if first else None
+    if verb in ("select", "values", "table"):
+        return verb
+    if first is None or verb != "with":
+        return None
+    depth = 0
+    for found in _TEXT_WORD.finditer(sql, first.end()):
+        word = found.group(0).lower()
+        if word == "(":
+            depth += 1
+        elif word == ")":
+            depth -= 1
+        elif depth == 0:
+            return word if word in ("select", "values", "table") else None
+    return None
+
+
+def check_textual_scatter(sql: str, *, known_query: bool = False) -> None:
+    """Refuse a textual query whose rows would be wrong if only concatenated across shards.
+
+    A ``text()`` statement cannot be rewritten, so rows of several shards are only
+    concatenated; that is right for a plain SELECT, and wrong as soon as the query
+    orders, limits, offsets, groups, de-duplicates or aggregates.  Words inside
+    string literals, quoted identifiers and comments do not count.  Statements that
+    are not queries (INSERT, UPDATE, DDL ...) are not checked unless *known_query*.
+
+    :param sql: the statement's SQL.
+    :param known_query: the statement is a query (``text().columns()``).
+    :raises InvalidRequestError: when it would need merging across shards.
+    """
+    bare = _TEXT_QUOTED.sub(" ", sql)
+    if not known_query and _textual_query_verb(bare) is None:
+        return
+    match = _TEXT_NEEDS_MERGE.search(bare)
+    if match:
+        found = " ".join(match.group(0).rstrip("( ").split()).upper()
+        raise InvalidRequestError(
+            f"a textual SELECT with {found!r} cannot be run on several shards: shardsession "
+            "cannot merge a textual statement's ordering, limit, offset, grouping, DISTINCT "
+            "or aggregates across shards, its rows would only be concatenated. Build it with "
+            f"select() so the coordinator can merge it, or {_ONE_SHARD}"
+        )
+
+
 def plan_select(
-    stmt: Any, compiled: CompiledStatement, params: Mapping[str, Any] | None = None
+    stmt: Any,
+    compiled: CompiledStatement,
+    params: Mapping[str, Any] | None = None,
+    *,
+    single_shard: bool = False,
 ) -> ScatterPlan:
     """Plan *stmt* for running on several shards.
 
@@ -313,18 +378,14 @@ def plan_select(
         row-returning statements, e.g. ``text().columns()``, are concatenated).
     :param compiled: ``compile_statement(stmt)``.
     :param params: the user's execution parameters.
+    :param single_shard: only one shard runs it, so a textual SELECT needs no
+        merging and is not checked (:func:`check_textual_scatter`).
     :raises InvalidRequestError: when the shards' results cannot be combined exactly
         (see the module documentation for what and what to do instead).
     """
     if not isinstance(stmt, Select):
-        match = _TEXT_NEEDS_MERGE.search(compiled.sql)
-        if match:
-            raise InvalidRequestError(
-                f"a textual SELECT with {match.group(0).upper()!r} cannot be run on several "
-                "shards: its rows would only be concatenated, not ordered, limited, "
-                "de-duplicated or aggregated across shards. Build it with select() so the "
-                f"coordinator can merge it, or {_ONE_SHARD}"
-            )
+        if not single_shard:
+            check_textual_scatter(compiled.sql, known_query=True)
         return ScatterPlan(
             compiled=compiled,
             shard_compiled=compiled,

@@ -546,6 +546,7 @@ class Session:
         self._orphans(uow)
         doomed = {id(st) for st in uow.deleted}
         uow.dirty = [st for st in uow.dirty if id(st) not in doomed]
+        self._check_shard_keys_kept(uow.dirty)
         holders: dict[int, InstanceState] = {}
         for state in [*uow.new, *uow.dirty]:
             for prop in state.mapper.relationships.values():
@@ -572,6 +573,39 @@ class Session:
                 state._commit_all()
         event.dispatch(self, "after_flush_postexec", self, uow)
 
+    def _check_shard_keys_kept(self, states: Iterable[InstanceState]) -> None:
+        """Refuse a shard key change that would leave a row on the wrong shard.
+
+        An UPDATE runs on the shard the row is on and cannot move it; when the
+        session routes by ``__shard_key__`` (no ``shard_chooser``), a new value that
+        hashes to another shard would leave the row where later lookups by key never
+        look.  Runs before anything is sent, so the session stays usable.
+        """
+        if self.shard_chooser is not None:
+            return
+        for state in states:
+            mapper = state.mapper
+            key = mapper.shard_key
+            if key is None or state.key is None or key not in state.changed_keys:
+                continue
+            value = state.dict.get(key)
+            old_shard = state.key[2]
+            if value is not None:
+                new_shard = self._router.shard_for_value(value, mapper.shard_key_column)
+                if new_shard == old_shard:
+                    continue
+                where = f"to shard {new_shard!r}"
+            else:
+                where = "to no shard (None cannot be routed)"
+            cls = mapper.class_.__name__
+            raise InvalidRequestError(
+                f"{cls} object {state.obj()!r} is on shard {old_shard!r}, and its shard key "
+                f"{cls}.{key} was changed to {value!r}, which routes {where}; an UPDATE "
+                "cannot move a row between shards. To move it, delete the object and add a "
+                f"copy with the new key (session.delete(obj); session.add({cls}(..., "
+                f"{key}={value!r})))."
+            )
+
     def _orphans(self, uow: UOWTransaction) -> None:
         for state in [*uow.new, *uow.dirty]:
             for prop in state.mapper.relationships.values():
@@ -597,30 +631,56 @@ class Session:
 
         Without a ``shard_chooser`` or a ``__shard_key__``, an object follows the
         objects it is linked to: those it refers to, or the one whose collection
-        holds it (``holders``: child state id -> parent state).
+        holds it (``holders``: child state id -> parent state), directly or through
+        other new objects.
         """
         if state.key is not None:
             return state.key[2]
         known = self._shard_of.get(id(state))
         if known is not None:
             return known
-        obj = state.obj()
         mapper = state.mapper
         if self.shard_chooser is None and mapper.shard_key is None:
-            linked = []
-            for prop in mapper.relationships.values():
-                hist = state.get_history(prop.key, PASSIVE_NO_INITIALIZE)
-                linked += [instance_state(o) for o in (*hist.added, *hist.unchanged) if o]
-            holder = (holders or {}).get(id(state))
-            if holder is not None:
-                linked.append(holder)
-            for other in linked:
-                shard = self._shard_of.get(id(other)) or (other.key[2] if other.key else None)
-                if shard is None and other is holder:
-                    shard = self._choose_shard(other, holders)
-                if shard is not None:
-                    return shard
-        return self._router.shard_for_instance(mapper, obj)
+            shard = self._linked_shard(state, holders or {})
+            if shard is not None:
+                return shard
+        return self._router.shard_for_instance(mapper, state.obj())
+
+    def _linked_shard(
+        self, start: InstanceState, holders: Mapping[int, InstanceState]
+    ) -> str | None:
+        """The shard of the nearest object ``start`` is linked to, or None.
+
+        Walks the links breadth-first, through pending objects that have no shard
+        of their own yet, whatever their order in ``_new``; a pending object with a
+        ``__shard_key__`` answers with the shard its key routes to.
+        """
+        seen = {id(start)}
+        level = [start]
+        while level:
+            following: list[InstanceState] = []
+            for state in level:
+                linked = []
+                for prop in state.mapper.relationships.values():
+                    hist = state.get_history(prop.key, PASSIVE_NO_INITIALIZE)
+                    linked += [instance_state(o) for o in (*hist.added, *hist.unchanged) if o]
+                holder = holders.get(id(state))
+                if holder is not None:
+                    linked.append(holder)
+                for other in linked:
+                    if id(other) in seen:
+                        continue
+                    seen.add(id(other))
+                    shard = self._shard_of.get(id(other)) or (other.key[2] if other.key else None)
+                    if shard is not None:
+                        return shard
+                    if id(other) not in self._new:
+                        continue  # transient, not flushed with this object
+                    if other.mapper.shard_key is not None:
+                        return self._router.shard_for_instance(other.mapper, other.obj())
+                    following.append(other)
+            level = following
+        return None
 
     def _send_batches(
         self, calls: Mapping[str, list[p.Statement]], *, final: bool = False

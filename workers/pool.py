@@ -412,7 +412,12 @@ class WorkerPool:
         return out
 
     def _ensure_commit_log(self) -> None:
-        """Create the two-phase commit log table on every shard (if missing)."""
+        """Create the two-phase commit log table on the shards that lack it.
+
+        :data:`~shardsession.twophase.COMMIT_LOG_DDL` looks the table up with
+        ``to_regclass`` first, so a role without the CREATE privilege can use shards
+        where the table already exists.
+        """
         for attempt in range(3):
             try:
                 self._run_ddl([COMMIT_LOG_DDL])

@@ -41,20 +41,43 @@ __all__ = [
 
 GID_PREFIX = "ss"
 COMMIT_LOG = "shardsession_commit_log"
-COMMIT_LOG_DDL = (
-    f"CREATE TABLE IF NOT EXISTS {COMMIT_LOG} ("
+_COMMIT_LOG_CREATE = (
+    f"CREATE TABLE {COMMIT_LOG} ("
     "gid text PRIMARY KEY, outcome text NOT NULL CHECK (outcome IN ('commit', 'abort')), "
     "participants text[] NOT NULL DEFAULT '{}', decided_at timestamptz NOT NULL DEFAULT now())"
+)
+#: Creates the commit log where it is missing.  Not ``CREATE TABLE IF NOT EXISTS``:
+#: PostgreSQL checks the CREATE privilege on the schema before it looks for the
+#: table, and an application's role often lacks it (the default since PostgreSQL 15).
+COMMIT_LOG_DDL = (
+    f"DO $ss$ BEGIN IF to_regclass('{COMMIT_LOG}') IS NULL THEN "
+    f"EXECUTE $ddl${_COMMIT_LOG_CREATE}$ddl$; END IF; END $ss$"
 )
 _MAX_GID = 200  # PostgreSQL's limit for a prepared transaction's name
 #: longest shard name (bytes) a pool accepts: with the longest coordinator id and
 #: sequence, ``ss_<coord>-<seq>-<hex(commit point)>_<shard>`` then stays within 200
 MAX_SHARD_NAME = 48
 
-_COORDINATOR = (
-    f"{abs(hash(socket.gethostname())) % 36**4:x}{os.getpid():x}{int(time.time()) % 36**5:x}"
-)
+
+def _coordinator_id() -> str:
+    host = abs(hash(socket.gethostname())) % 36**4
+    return f"{host:x}{os.getpid():x}{int(time.time()) % 36**5:x}"
+
+
+_COORDINATOR = _coordinator_id()
 _sequence = itertools.count(1)
+
+
+def _renew_after_fork() -> None:
+    # A forked child inherits the parent's id and sequence: both would hand out
+    # the same global ids.  Its own pid makes its ids distinct.
+    global _COORDINATOR, _sequence
+    _COORDINATOR = _coordinator_id()
+    _sequence = itertools.count(1)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_after_fork)
 
 
 def new_global_id(commit_point: str, coordinator: str | None = None) -> str:

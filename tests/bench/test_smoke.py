@@ -1,38 +1,207 @@
-"""The benchmarks keep working: each runs at a tiny size (no timing is asserted)."""
+"""The benchmarks keep working: every workload runs at a tiny size with correct results.
+
+No timing is asserted (figures on a shared test machine mean nothing); what is
+asserted is that each workload measures every side, that its correctness checks ran
+and passed, that a wrong answer is caught, and that the command line, the JSON, the
+reST and the SVG come out whole.
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
+from collections import Counter
 from pathlib import Path
 
-from bench import roundtrip
+import psycopg
+import pytest
+
+from bench import report
+from bench.__main__ import WORKLOADS, exit_status, run_workloads
+from bench.common import Params, WorkloadResult, WrongResult
+from bench.context import Context
+from bench.model import REFERENCE, TABLE
+from bench.transfer import balance_checker
 
 ROOT = Path(__file__).resolve().parents[2]
+TINY = Params(rows=200, repeat=1, ops=20, memory_rows=2000, sleep=0.01)
+
+SIDES = {
+    "insert": ["shardsession", "sqlalchemy", "psycopg"],
+    "load": ["shardsession", "sqlalchemy", "psycopg"],
+    "top100": ["shardsession", "sqlalchemy", "psycopg"],
+    "aggregate": ["shardsession", "sqlalchemy", "psycopg"],
+    "transfer": ["shardsession", "sqlalchemy", "psycopg"],
+    "point": ["shardsession", "sqlalchemy-plain", "sqlalchemy", "psycopg"],
+    "scatter": ["shardsession"] * 2 + ["sqlalchemy"] * 2 + ["psycopg"] * 2,
+    "roundtrip": ["shardsession", "psycopg"] * 2,
+    "memory": ["shardsession"],
+}
+TARGETS = {
+    "insert": 2,
+    "load": 1,
+    "top100": 1,
+    "aggregate": 1,
+    "transfer": 1,
+    "point": 1,
+    "scatter": 1,
+    "roundtrip": 0,
+    "memory": 1,
+}
 
 
-def test_roundtrip_reports_every_operation(shard_dsns: dict[str, str]) -> None:
-    rows = roundtrip.run(shard_dsns, n=20, repeat=1)
-    assert [r["operation"] for r in rows] == [
-        "worker empty request",
-        "worker 1-row query",
-        "psycopg empty statement",
-        "psycopg 1-row query",
-    ]
-    assert all(r["us_per_op"] > 0 for r in rows)
-    assert rows[3]["vs_psycopg_1row"] == 1.0
+def tables(dsn: str) -> set[str]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        return {r[0] for r in rows}
 
 
-def test_command_line_prints_json_with_the_environment(shard_dsns: dict[str, str]) -> None:
+def test_every_workload_runs_with_correct_results(
+    shard_dsns: dict[str, str], tmp_path: Path
+) -> None:
+    with Context(shard_dsns, TINY) as ctx:
+        results = run_workloads(ctx, list(WORKLOADS), log=False)
+    assert [r.name for r in results] == list(WORKLOADS)
+    for r in results:
+        assert r.error is None, f"{r.name}: {r.error}"
+        assert [f.side for f in r.figures] == SIDES[r.name], r.name
+        assert all(f.value >= 0 and f.count > 0 for f in r.figures), r.name
+        assert len(r.targets) == TARGETS[r.name], r.name
+        assert r.checks, f"{r.name} ran no correctness check"
+        assert all(t.value >= 0 for t in r.targets), r.name
+    assert exit_status(results) == 0
+    for dsn in shard_dsns.values():  # the benchmark leaves nothing behind
+        assert not tables(dsn) & {TABLE, REFERENCE, "bench_roundtrip"}
+
+    by_name = {r.name: r for r in results}
+    insert = by_name["insert"]
+    assert insert.figures[0].count == TINY.rows
+    assert insert.speedup(insert.figures[1], "sqlalchemy") == 1.0
+    scatter = by_name["scatter"]
+    assert {f.variant for f in scatter.figures} == {"4 shards", "1 shard"}
+
+    text = io.StringIO()
+    env = {"date": "today", "postgresql": "16", "python": "3.11"}
+    report.write_text(results, env, TINY, text)
+    assert "== summary" in text.getvalue()
+    for name in WORKLOADS:
+        assert f"== {name}:" in text.getvalue()
+    data = json.loads(report.dumps(results, env, TINY))
+    assert data["ok"] is True
+    assert [w["name"] for w in data["workloads"]] == list(WORKLOADS)
+    assert len(data["summary"]) == sum(TARGETS.values())
+    svg, rst = report.write_docs(results, env, TINY, tmp_path)
+    root = ET.fromstring(svg.read_text())
+    assert root.tag.endswith("svg")
+    assert "insert" in svg.read_text() and "list-table" in rst.read_text()
+    check_rst(rst.read_text())
+
+
+def check_rst(text: str) -> None:
+    """The generated reST parses without a single warning."""
+    docutils_core = pytest.importorskip("docutils.core")
+    errors = io.StringIO()
+    docutils_core.publish_doctree(
+        text, settings_overrides={"warning_stream": errors, "report_level": 2, "halt_level": 5}
+    )
+    assert errors.getvalue() == ""
+
+
+def test_a_wrong_answer_fails_the_run(shard_dsns: dict[str, str]) -> None:
+    with Context(shard_dsns, TINY) as ctx:
+        results = []
+        for names in (["top100"], ["aggregate", "load"]):
+            ctx.ensure_data(TINY.rows)
+            # the unsharded reference now disagrees with the shards: every side is wrong
+            with psycopg.connect(ctx.layout.reference_dsn, autocommit=True) as conn:
+                sql = f"UPDATE {REFERENCE} SET balance = balance + 1 WHERE id = %s"
+                conn.execute(sql, (TINY.rows,))
+            # a wrong result makes the next workload reload the data
+            results += run_workloads(ctx, names, log=False)
+    top100, aggregate, load = results
+    assert top100.error is not None and top100.error.startswith("wrong result: top100")
+    assert aggregate.error is not None and aggregate.error.startswith("wrong result: aggregate")
+    assert load.error is None  # the shards themselves are right
+    assert exit_status(results) == 1
+    crashed = [WorkloadResult("x", "x", error="crashed: RuntimeError: boom")]
+    assert exit_status(crashed) == 2
+
+
+def test_a_lost_or_misrouted_write_is_caught(shard_dsns: dict[str, str]) -> None:
+    with Context(shard_dsns, TINY) as ctx:
+        ctx.ensure_data(TINY.rows)
+        layout = ctx.layout
+        before, after = balance_checker(layout, "transfer", "x", Counter({1: -1, 2: 1}))
+        before()
+        shard = layout.shard_of(1)
+        with psycopg.connect(layout.dsns[shard], autocommit=True) as conn:
+            conn.execute(f"UPDATE {TABLE} SET balance = balance - 1 WHERE id = 1")
+        with pytest.raises(WrongResult, match="1 balances did not move"):
+            after(1)
+        assert layout.fingerprints() != layout.expected_fingerprints(TINY.rows)
+        # a row on the wrong shard: the counts no longer match the routing
+        other = next(s for s in layout.shard_ids if s != shard)
+        with psycopg.connect(layout.dsns[other], autocommit=True) as conn:
+            conn.execute(f"INSERT INTO {TABLE} VALUES (%s, 1, 'x', 0)", (TINY.rows + 1,))
+        assert layout.fingerprints()[other] != layout.expected_fingerprints(TINY.rows)[other]
+
+
+def test_command_line_prints_json_and_writes_the_docs(
+    shard_dsns: dict[str, str], tmp_path: Path
+) -> None:
     template = shard_dsns["s0"].replace("_s0_", "_{shard}_")
+    assert template != shard_dsns["s0"]
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "roundtrip", "--dsn", template, "--n", "10",
-         "--repeat", "1", "--json"],
-        capture_output=True, text=True, cwd=ROOT, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "top100",
+            "aggregate",
+            "memory",
+            "--dsn",
+            template,
+            "--rows",
+            "100",
+            "--repeat",
+            "1",
+            "--ops",
+            "10",
+            "--memory-rows",
+            "1000",
+            "--json",
+            "--docs",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=180,
+    )
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
-    assert out["benchmark"] == "roundtrip"
+    assert out["ok"] is True
     assert out["environment"]["postgresql"].startswith(("15", "16", "17", "18"))
-    assert len(out["results"]) == 4
+    assert out["environment"]["sqlalchemy"].startswith("2.")
+    assert out["parameters"]["rows"] == 100
+    assert [w["name"] for w in out["workloads"]] == ["top100", "aggregate", "memory"]
+    for w in out["workloads"]:
+        assert w["error"] is None and w["checks"]
+        assert all(t["met"] in (True, False) for t in w["targets"])
+    assert (tmp_path / "benchmarks_results.rst").exists()
+    assert (tmp_path / "_static" / "benchmarks.svg").exists()
+
+
+def test_command_line_rejects_a_template_without_placeholder() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--dsn", "host=nowhere", "top100"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "{shard}" in done.stderr

@@ -675,10 +675,7 @@ def wait_gone(pids: Sequence[int], timeout: float) -> bool:
 
 def _context() -> Any:
     # A fresh interpreter per transfer process.  Never fork: this process holds a
-    # worker pool (threads, pipes, connections).  Not forkserver either: its
-    # children would share what the server imported, including shardsession's
-    # coordinator id (twophase._COORDINATOR, fixed at import), and two processes
-    # with one coordinator id make the same global transaction ids.
+    # worker pool (threads, pipes, connections).
     return multiprocessing.get_context("spawn")
 
 

@@ -17,6 +17,7 @@ __all__ = ["ClassManager", "is_instrumented", "manager_of_class", "register_clas
 
 _InstanceState: Any = None
 
+
 class ClassManager:
     """The registry of instrumented attributes of one mapped class.
 
