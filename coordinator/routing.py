@@ -19,6 +19,7 @@ import decimal
 import enum
 import hashlib
 import math
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -148,6 +149,21 @@ def _shard_hashers(shard_ids: Sequence[str]) -> list[tuple[str, Any]]:
     return hashers
 
 
+_TABLES: dict[tuple[str, ...], tuple[list[tuple[str, Any]], dict[tuple[type, Any], str]]] = {}
+_TABLES_LOCK = threading.Lock()
+
+
+def _routing_tables(
+    ids: tuple[str, ...],
+) -> tuple[list[tuple[str, Any]], dict[tuple[type, Any], str]]:
+    """The hashers of ``ids`` and the memo of values already routed over them."""
+    tables = _TABLES.get(ids)
+    if tables is None:
+        with _TABLES_LOCK:
+            tables = _TABLES.setdefault(ids, (_shard_hashers(ids), {}))
+    return tables
+
+
 def _rendezvous(key: bytes, hashers: Sequence[tuple[str, Any]]) -> str:
     best_sid, best_w = "", -1
     for sid, base in hashers:
@@ -248,8 +264,9 @@ class Router:
         self.execute_chooser = execute_chooser
         self._known = frozenset(ids)
         self._order = {sid: i for i, sid in enumerate(ids)}
-        self._hashers = _shard_hashers(ids)
-        self._memo: dict[tuple[type, Any], str] = {}
+        # A session makes its router: share the hashers and the memo of every router
+        # over the same shard names (routing depends on nothing else).
+        self._hashers, self._memo = _routing_tables(tuple(ids))
 
     def __repr__(self) -> str:
         return f"Router({list(self.shard_ids)!r})"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import select
 import time
 from typing import Any
 
@@ -41,6 +42,10 @@ class WorkerHandle:
         self.pending = 0  # requests sent whose reply was not read yet
         self.unread = 0  # replies nobody waits for, skipped by the next recv()
         self.idle_since = time.monotonic()
+        # The process sentinel becomes readable when the process ends: polling it is
+        # far cheaper than Process.is_alive(), which builds a selector every call.
+        self._sentinel = select.poll()
+        self._sentinel.register(process.sentinel, select.POLLIN)
 
     def __repr__(self) -> str:
         state = "lost" if self.lost else "alive"
@@ -48,7 +53,7 @@ class WorkerHandle:
 
     def alive(self) -> bool:
         """Whether the process is still running (and was not marked lost)."""
-        return not self.lost and self.process.is_alive()
+        return not self.lost and not self._sentinel.poll(0)
 
     def _lost(self, doing: str) -> WorkerLostError:
         self.lost = True

@@ -330,7 +330,7 @@ class WorkerPool:
         if handle.pending:
             handle.drain()
         with self._lock:
-            if self._closed or handle.lost or not handle.process.is_alive():
+            if self._closed or not handle.alive():
                 if not self._closed:
                     # its connection may have died with the server: check its siblings
                     self._suspect.update(h.pid for h in self._slots[handle.shard].idle)
