@@ -728,10 +728,23 @@ class Session:
         event.dispatch(self, "persistent_to_deleted", self, state.obj())
 
     def _register_loaded(self, state: InstanceState, key: tuple[Any, ...]) -> None:
-        state._mark_persistent(key, self, loader=self._loader, on_modified=self._on_modified)
-        self.identity_map.add(key, state.obj())
+        # Runs once per loaded row: the snapshot is skipped for a state with no history.
+        fresh = not (
+            state.committed_state
+            or state.expired_attributes
+            or state.expired
+            or state.modified
+            or state._pending_mutations
+            or state._strong_obj is not None
+        )
+        state._mark_persistent(
+            key, self, commit=not fresh, loader=self._loader, on_modified=self._on_modified
+        )
+        obj = state.obj()
+        self.identity_map.add(key, obj)
         self._shard_of[id(state)] = key[2]
-        event.dispatch(self, "loaded_as_persistent", self, state.obj())
+        if event.any_listeners("loaded_as_persistent"):
+            event.dispatch(self, "loaded_as_persistent", self, obj)
 
     # -- after commit / rollback -------------------------------------------------
 
