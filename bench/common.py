@@ -160,6 +160,22 @@ class WorkloadResult:
             return None
         return fig.value / ref.value if self.higher_is_better else ref.value / fig.value
 
+    @classmethod
+    def throughput(
+        cls, name: str, title: str, unit: str, best: dict[str, tuple[float, int]]
+    ) -> WorkloadResult:
+        """A result with one figure per side: operations counted over the best seconds."""
+        result = cls(name, title, unit=unit)
+        for side, (seconds, count) in best.items():
+            result.figures.append(Figure(side, count / seconds, seconds, count))
+        return result
+
+    def aim(self, label: str, versus: str, minimum: float) -> None:
+        """Add the target "shardsession at least ``minimum`` times ``versus``"."""
+        ours = self.figure("shardsession")
+        assert ours is not None
+        self.targets.append(Target(label, self.speedup(ours, versus) or 0.0, ">=", minimum))
+
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict, with the ratios and whether each target was met."""
         return {

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .common import Figure, Target, Trial, WorkloadResult, expect, measure
+from .common import Trial, WorkloadResult, expect, measure
 from .context import Context
 from .model import TABLE, Account, ShardConnections, row_of
 
@@ -79,25 +79,9 @@ def run(ctx: Context) -> WorkloadResult:
         }
         best = measure(trials, ctx.params.repeat)
     ctx.data_changed()
-    result = WorkloadResult(NAME, TITLE, unit="rows/s")
-    for side, (seconds, count) in best.items():
-        result.figures.append(Figure(side, count / seconds, seconds, count))
-    ss = result.figure("shardsession")
-    assert ss is not None
-    result.targets = [
-        Target(
-            "shardsession / SQLAlchemy ShardedSession >= 10x",
-            result.speedup(ss, "sqlalchemy") or 0.0,
-            ">=",
-            10.0,
-        ),
-        Target(
-            "shardsession / psycopg COPY >= 0.25x",
-            result.speedup(ss, "psycopg") or 0.0,
-            ">=",
-            0.25,
-        ),
-    ]
+    result = WorkloadResult.throughput(NAME, TITLE, "rows/s", best)
+    result.aim("shardsession / SQLAlchemy ShardedSession >= 10x", "sqlalchemy", 10.0)
+    result.aim("shardsession / psycopg COPY >= 0.25x", "psycopg", 0.25)
     result.checks.append(
         "every side: each shard holds exactly its rows (count, sum of ids, sum of balances)"
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .common import Figure, Target, Trial, WorkloadResult, expect, measure
+from .common import Trial, WorkloadResult, expect, measure
 from .context import Context
 from .model import TABLE, Account, ShardConnections, balance_of
 
@@ -84,19 +84,8 @@ def run(ctx: Context) -> WorkloadResult:
         }
         trials = {s: Trial(fn, after=_checker(s, n, got[s])) for s, fn in sides.items()}
         best = measure(trials, ctx.params.repeat)
-    result = WorkloadResult(NAME, TITLE, unit="rows/s")
-    for side, (seconds, count) in best.items():
-        result.figures.append(Figure(side, count / seconds, seconds, count))
-    ss = result.figure("shardsession")
-    assert ss is not None
-    result.targets.append(
-        Target(
-            "shardsession / SQLAlchemy ShardedSession >= 1.5x",
-            result.speedup(ss, "sqlalchemy") or 0.0,
-            ">=",
-            1.5,
-        )
-    )
+    result = WorkloadResult.throughput(NAME, TITLE, "rows/s", best)
+    result.aim("shardsession / SQLAlchemy ShardedSession >= 1.5x", "sqlalchemy", 1.5)
     result.checks.append("every side: each id once, sums of ids and balances as in the table")
     result.notes.append(
         "a fresh session per repetition; the timed part includes opening and closing it. "

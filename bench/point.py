@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 
-from .common import Figure, Target, Trial, WorkloadResult, measure
+from .common import Trial, WorkloadResult, measure
 from .context import Context
 from .model import TABLE, Account
 from .transfer import balance_checker
@@ -86,18 +86,9 @@ def run(ctx: Context) -> WorkloadResult:
     with psycopg.connect(layout.dsns[shard]) as conn:
         best = measure(trials, ctx.params.repeat)
     ctx.data_changed()
-    result = WorkloadResult(NAME, TITLE, unit="tx/s")
-    for side, (seconds, count) in best.items():
-        result.figures.append(Figure(side, count / seconds, seconds, count))
-    ss = result.figure("shardsession")
-    assert ss is not None
-    result.targets.append(
-        Target(
-            "shardsession / plain SQLAlchemy Session on that shard >= 1.0x",
-            result.speedup(ss, "sqlalchemy-plain") or 0.0,
-            ">=",
-            1.0,
-        )
+    result = WorkloadResult.throughput(NAME, TITLE, "tx/s", best)
+    result.aim(
+        "shardsession / plain SQLAlchemy Session on that shard >= 1.0x", "sqlalchemy-plain", 1.0
     )
     result.checks.append(
         "every side, every repetition: each account's balance grew by exactly its number "

@@ -19,7 +19,7 @@ import heapq
 from collections.abc import Callable
 from typing import Any
 
-from .common import Figure, Target, Trial, WorkloadResult, expect, measure
+from .common import Trial, WorkloadResult, expect, measure
 from .context import Context
 from .model import REFERENCE, TABLE, Account, ShardConnections
 
@@ -82,19 +82,8 @@ def _measure(
 
     trials = {side: Trial(repeat(side), after=check(side)) for side in sides}
     best = measure(trials, ctx.params.repeat)
-    result = WorkloadResult(name, title, unit="queries/s")
-    for side, (seconds, count) in best.items():
-        result.figures.append(Figure(side, count / seconds, seconds, count))
-    ss = result.figure("shardsession")
-    assert ss is not None
-    result.targets.append(
-        Target(
-            "shardsession / SQLAlchemy ShardedSession >= 2x",
-            result.speedup(ss, "sqlalchemy") or 0.0,
-            ">=",
-            2.0,
-        )
-    )
+    result = WorkloadResult.throughput(name, title, "queries/s", best)
+    result.aim("shardsession / SQLAlchemy ShardedSession >= 2x", "sqlalchemy", 2.0)
     result.checks.append(
         "every side, every repetition: the answer equals PostgreSQL's over one unsharded "
         f"table ({REFERENCE}, {len(reference)} rows)"

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from .common import Figure, Target, Trial, WorkloadResult, expect, measure
+from .common import Trial, WorkloadResult, expect, measure
 from .context import Context
 from .model import GID_PREFIX, TABLE, Account, Layout, ShardConnections
 
@@ -137,19 +137,8 @@ def run(ctx: Context) -> WorkloadResult:
             trials[side] = Trial(fn, before, after)
         best = measure(trials, ctx.params.repeat)
     ctx.data_changed()
-    result = WorkloadResult(NAME, TITLE, unit="tx/s")
-    for side, (seconds, count) in best.items():
-        result.figures.append(Figure(side, count / seconds, seconds, count))
-    ss = result.figure("shardsession")
-    assert ss is not None
-    result.targets.append(
-        Target(
-            "shardsession / SQLAlchemy ShardedSession >= 2x",
-            result.speedup(ss, "sqlalchemy") or 0.0,
-            ">=",
-            2.0,
-        )
-    )
+    result = WorkloadResult.throughput(NAME, TITLE, "tx/s", best)
+    result.aim("shardsession / SQLAlchemy ShardedSession >= 2x", "sqlalchemy", 2.0)
     result.checks.append(
         "every side, every repetition: each account's balance moved by exactly the sum of "
         "its transfers (read back from its shard)"
