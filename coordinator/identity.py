@@ -45,6 +45,10 @@ class IdentityMap:
         """The identity keys of the live objects."""
         return list(self._objects.keys())
 
+    def iter_values(self) -> Iterator[Any]:
+        """The live objects, one at a time (the map must not change meanwhile)."""
+        return self._objects.values()
+
     def values(self) -> list[Any]:
         """The live objects."""
         return list(self._objects.values())

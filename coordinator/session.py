@@ -509,8 +509,17 @@ class Session:
             self._flush_if_needed()
 
     def _flush_if_needed(self) -> None:
-        if self._new or self._deleted or self.dirty:
+        if self._new or self._deleted or self._any_dirty():
             self.flush()
+
+    def _any_dirty(self) -> bool:
+        # what ``bool(self.dirty)`` says, stopping at the first modified object
+        deleted = self._deleted
+        for obj in self.identity_map.iter_values():
+            state = instance_state(obj)
+            if state.modified and id(state) not in deleted:
+                return True
+        return False
 
     def flush(self, objects: Sequence[Any] | None = None) -> None:
         """Write pending changes to their shards (inside the current transaction)."""

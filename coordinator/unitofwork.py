@@ -406,8 +406,7 @@ def _write_updates(
     if not groups:
         return
     for (shard, keys), members in groups.items():
-        stmt = pk_where(update(table), table)
-        compiled = compile_statement(stmt, column_keys=[*keys, *(_pk_params(members[0]))])
+        compiled = _update_by_pk(table, keys, tuple(_pk_params(members[0])))
         params = []
         for state in members:
             values = _column_values(state, {state.mapper.attribute_key_for_column(
@@ -426,6 +425,16 @@ def _write_updates(
             ),
             _ignore,
         )
+
+
+def _update_by_pk(table: Any, keys: tuple[str, ...], pk_names: tuple[str, ...]) -> Any:
+    """The compiled ``UPDATE table SET keys... WHERE pk = ...``, built once per table and keys."""
+    cache = table.__dict__.setdefault("_ss_update_by_pk", {})
+    compiled = cache.get((keys, pk_names))
+    if compiled is None:
+        stmt = pk_where(update(table), table)
+        compiled = cache[(keys, pk_names)] = compile_statement(stmt, column_keys=[*keys, *pk_names])
+    return compiled
 
 
 def _ignore(reply: Any) -> None:
