@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from shardsession.embedded import LocalCluster, default_cluster_path
-from shardsession.exc import ShardSessionError
+from shardsession.exc import ConfigurationError, ShardSessionError
 from shardsession.preflight import check_shard_dsns, describe_dsn
 from shardsession.recovery import recover
 
@@ -57,6 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--instances", type=int, default=1, help="number of separate servers (1)")
     up.add_argument("--port", type=int, default=None, help="TCP port (default: a free one)")
     up.add_argument("--tcp", action="store_true", help="print TCP DSNs (with password)")
+    up.add_argument(
+        "--dsn",
+        action="append",
+        metavar="[SHARD=]DSN",
+        help="use external shards (e.g. compose/) instead of the embedded cluster: check each "
+        "(reachable, two-phase commit on) and print them; repeat for every shard; unnamed "
+        "DSNs become s0, s1, ...",
+    )
 
     status = sub.add_parser("status", help="show servers, databases, prepared transactions")
     common(status)
@@ -86,7 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="check shard DSNs: reachable, two-phase commit on")
     check.add_argument(
-        "--dsn", action="append", required=True, help="a shard DSN (repeat for each shard)"
+        "--dsn",
+        action="append",
+        required=True,
+        metavar="[SHARD=]DSN",
+        help="a shard DSN, optionally named (repeat for each shard; unnamed: s0, s1, ...)",
     )
     check.add_argument("--json", action="store_true", help="print JSON for scripts")
 
@@ -129,7 +141,37 @@ def _print(args: argparse.Namespace, data: Any, text: str) -> None:
     print(json.dumps(data, indent=2) if args.json else text)
 
 
+def _named_dsns(items: Sequence[str], *, names_required: bool) -> dict[str, str]:
+    """``SHARD=DSN`` (or, unless ``names_required``, plain DSNs named s0, s1, ...)."""
+    dsns: dict[str, str] = {}
+    for n, item in enumerate(items):
+        name, sep, dsn = item.partition("=")
+        named = bool(sep and name and name not in _LIBPQ_KEYWORDS and " " not in name)
+        named = named and "://" not in name
+        if not named:
+            if names_required:
+                raise ConfigurationError(
+                    f"--dsn {item!r} needs the shard's name: --dsn s0=postgresql://... "
+                    "(recovery finds each transaction's commit point by shard name)"
+                )
+            name, dsn = f"s{n}", item
+        if name in dsns:
+            raise ConfigurationError(f"shard {name!r} is given twice; name each shard once")
+        dsns[name] = dsn
+    return dsns
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
+    if args.dsn:
+        dsns = _named_dsns(args.dsn, names_required=False)
+        found = check_shard_dsns(dsns)
+        lines = [f"{len(dsns)} external shard(s) ready for shardsession"]
+        lines += [
+            f"  {shard}: {dsn} (max_prepared_transactions = {found[shard]})"
+            for shard, dsn in dsns.items()
+        ]
+        _print(args, {"path": None, "shards": dsns}, "\n".join(lines))
+        return 0
     cluster = LocalCluster(
         shards=args.shards, path=args.path, instances=args.instances, port=args.port
     )
@@ -175,7 +217,7 @@ def _cmd_down(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    dsns = {f"shard{i}": dsn for i, dsn in enumerate(args.dsn)}
+    dsns = _named_dsns(args.dsn, names_required=False)
     found = check_shard_dsns(dsns)
     lines = [
         f"{shard} ({describe_dsn(dsns[shard])}): max_prepared_transactions = {value}, ok"
@@ -193,17 +235,7 @@ _LIBPQ_KEYWORDS = {
 
 def _cmd_recover(args: argparse.Namespace) -> int:
     if args.dsn:
-        dsns = {}
-        for item in args.dsn:
-            name, sep, dsn = item.partition("=")
-            if not sep or not name or name in _LIBPQ_KEYWORDS or " " in name:
-                print(
-                    f"error: --dsn {item!r} needs the shard's name: --dsn s0=postgresql://... "
-                    "(recovery finds each transaction's commit point by shard name)",
-                    file=sys.stderr,
-                )
-                return 2
-            dsns[name] = dsn
+        dsns = _named_dsns(args.dsn, names_required=True)
     else:
         cluster = LocalCluster(shards=1, path=args.path)
         info = cluster.status()

@@ -22,8 +22,10 @@ Parallel runs
 
 Options
     ``--shardsession-dsn TEMPLATE`` runs against external servers instead: a DSN
-    with ``{shard}``, e.g. ``postgresql://u:pw@host/app_{shard}``; each process
-    creates ``<dbname>_<worker>`` on those servers.  ``--shardsession-shards N``
+    with ``{shard}`` (``s0``, ``s1``, ...) or ``{n}`` (``0``, ``1``, ...), e.g.
+    ``postgresql://u:pw@host/app_{shard}`` or, one server per shard,
+    ``postgresql://u:pw@localhost:544{n}/app``; each process creates
+    ``<dbname>_<worker>`` on those servers.  ``--shardsession-shards N``
     sets the number of shards (4).
 """
 
@@ -109,8 +111,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--shardsession-dsn",
         default=None,
         metavar="TEMPLATE",
-        help="DSN template with {shard} for external PostgreSQL servers "
-        "(default: an embedded cluster started for the run)",
+        help="DSN template for external PostgreSQL servers: {shard} becomes s0, s1, ... and "
+        "{n} 0, 1, ... (e.g. postgresql://u:pw@localhost:544{n}/app for one server per "
+        "shard); default: an embedded cluster started for the run",
     )
     group.addoption(
         "--shardsession-shards",

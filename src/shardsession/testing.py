@@ -74,7 +74,8 @@ class TestDatabases:
     :param shards: how many shards (``s0`` ... ``s{shards-1}``).
     :param cluster_path: the embedded cluster folder shared by the test run
         (ignored when ``dsn_template`` is given).
-    :param dsn_template: a DSN with ``{shard}`` for external servers.
+    :param dsn_template: a DSN for external servers in which ``{shard}`` becomes the
+        shard name (``s0``, ``s1``, ...) and ``{n}`` its number (``0``, ``1``, ...).
     """
 
     __test__ = False  # not a pytest test class, despite its name
@@ -122,14 +123,15 @@ class TestDatabases:
 
     def _create_external(self) -> None:
         template = self.dsn_template or ""
-        if "{shard}" not in template:
+        if "{shard}" not in template and "{n}" not in template:
             raise ConfigurationError(
-                f"--shardsession-dsn {template!r} has no {{shard}} placeholder; write it as "
-                "e.g. 'postgresql://user:pw@host:5432/app_{shard}' so each shard gets its own "
-                "database."
+                f"--shardsession-dsn {template!r} has no {{shard}} or {{n}} placeholder; write "
+                "it as e.g. 'postgresql://user:pw@host:5432/app_{shard}' so each shard gets its "
+                "own database, or 'postgresql://user:pw@localhost:544{n}/app' for one server "
+                "per shard on ports 5440, 5441, ..."
             )
-        for shard in self.shard_names:
-            parts = conninfo_to_dict(template.replace("{shard}", shard))
+        for n, shard in enumerate(self.shard_names):
+            parts = conninfo_to_dict(template.replace("{shard}", shard).replace("{n}", str(n)))
             base = parts.get("dbname") or parts.get("user") or "postgres"
             name = f"{base}_{self.suffix}"
             self._admin[shard] = make_conninfo(**{**parts, "dbname": "postgres"})

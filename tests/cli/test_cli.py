@@ -117,7 +117,7 @@ def test_check_rejects_server_without_two_phase_commit(tmp_path: Path) -> None:
         try:
             passed = run_cli("check", "--dsn", good, "--json")
             assert passed.returncode == 0, passed.stderr
-            assert json.loads(passed.stdout) == {"shard0": 128}
+            assert json.loads(passed.stdout) == {"s0": 128}
         finally:
             ok.stop(remove=True)
     finally:
@@ -151,3 +151,24 @@ def test_recover_command_settles_and_reports(tmp_path: Path) -> None:
             assert conn.execute("SELECT count(*) FROM t").fetchone() == (0,)
     finally:
         cluster.stop(remove=True)
+
+
+def test_up_with_external_shards_checks_and_names_them(shard_dsns: dict[str, str]) -> None:
+    done = run_cli(
+        "up", "--json", "--dsn", f"a={shard_dsns['s0']}", "--dsn", f"b={shard_dsns['s1']}"
+    )
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["shards"] == {"a": shard_dsns["s0"], "b": shard_dsns["s1"]}
+    assert out["path"] is None  # no embedded cluster was started
+
+
+def test_check_names_unnamed_shards_in_order_and_refuses_a_name_twice(
+    shard_dsns: dict[str, str],
+) -> None:
+    done = run_cli("check", "--json", "--dsn", shard_dsns["s0"], "--dsn", shard_dsns["s1"])
+    assert done.returncode == 0, done.stderr
+    assert sorted(json.loads(done.stdout)) == ["s0", "s1"]
+    twice = run_cli("check", "--dsn", f"x={shard_dsns['s0']}", "--dsn", f"x={shard_dsns['s1']}")
+    assert twice.returncode == 2
+    assert "shard 'x' is given twice" in twice.stderr and "Traceback" not in twice.stderr

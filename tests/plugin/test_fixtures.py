@@ -57,3 +57,25 @@ def test_clean_shards_rolls_back_leftover_prepared_transactions(
         assert left == 0
         assert conn.execute("SELECT count(*) FROM locked").fetchone()[0] == 0
         conn.execute("DROP TABLE locked")
+
+
+def test_external_template_with_shard_number(shard_dsns: dict[str, str]) -> None:
+    from shardsession.exc import ConfigurationError
+    from shardsession.testing import TestDatabases
+
+    # one server here, so {n} goes into the database name; with compose/ it picks the port
+    server = conninfo_to_dict(shard_dsns["s0"])
+    template = " ".join(f"{k}={v}" for k, v in server.items() if k != "dbname")
+    suffix = f"n{os.getpid()}"
+    dbs = TestDatabases(suffix, shards=2, dsn_template=template + " dbname=numbered{n}")
+    try:
+        dsns = dbs.create()
+        names = {s: conninfo_to_dict(d)["dbname"] for s, d in dsns.items()}
+        assert names == {"s0": f"numbered0_{suffix}", "s1": f"numbered1_{suffix}"}
+        for dsn in dsns.values():
+            with psycopg.connect(dsn) as conn:
+                assert conn.execute("SELECT current_database()").fetchone()[0] in names.values()
+    finally:
+        dbs.drop()
+    with pytest.raises(ConfigurationError, match=r"\{n\}"):
+        TestDatabases(suffix, shards=2, dsn_template=template + " dbname=plain").create()
