@@ -17,6 +17,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from . import common, insert, load, memory, point, query, report, roundtrip, scatter, transfer
 from .common import Params, WorkloadResult, WrongResult, result_from_json
@@ -136,13 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         env = common.environment(dsns["s0"], embedded=not args.dsn)
         with Context(dsns, params) as ctx:
             results = run_workloads(ctx, names)
-    if args.json:
-        print(report.dumps(results, env, params))
-    else:
-        report.write_text(results, env, params, sys.stdout)
-    if args.docs is not None:
-        for path in report.write_docs(results, env, params, args.docs):
-            print(f"wrote {path}", file=sys.stderr)
+    _output(args, results, env, params)
     status = exit_status(results)
     if status:
         print(
@@ -160,6 +155,12 @@ def _replay(args: argparse.Namespace) -> int:
     results = [result_from_json(w) for w in data["workloads"]]
     env = data["environment"]
     params = Params(**data["parameters"])
+    _output(args, results, env, params)
+    return exit_status(results)
+
+
+def _output(args: argparse.Namespace, results: list[Any], env: dict[str, Any], params: Any) -> None:
+    """Print the results (text or JSON) and write the docs files when asked."""
     if args.json:
         print(report.dumps(results, env, params))
     else:
@@ -167,7 +168,6 @@ def _replay(args: argparse.Namespace) -> int:
     if args.docs is not None:
         for path in report.write_docs(results, env, params, args.docs):
             print(f"wrote {path}", file=sys.stderr)
-    return exit_status(results)
 
 
 if __name__ == "__main__":
