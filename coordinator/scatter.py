@@ -184,7 +184,9 @@ class ScatterPlan:
         rows = m.offset_limit(rows, self.offset, self.limit)
         width = self.width
         if tagged:
-            rows = ((*r[:width], r[-1]) for r in rows)
+            if self.kind == "aggregate" or len(self.shard_compiled.result_keys) != width:
+                rows = ((*r[:width], r[-1]) for r in rows)  # drop hidden columns
+            # else: every row is already its columns and the tag
         elif self.kind == "aggregate" or len(self.shard_compiled.result_keys) != width:
             rows = m.project(rows, width)
         return iter(rows)
@@ -654,7 +656,8 @@ def execute_plan(
         rowcount = sum(r.rowcount for r in replies) if plain else -1
         streams: list[Iterable[Row]] = [r.rows for r in replies]
         if tag_shard:
-            streams = [tag(rows, s) for rows, s in zip(streams, shards)]
+            # every row is here already: tag them in one pass per shard
+            streams = [[(*r, s) for r in rows] for rows, s in zip(streams, shards)]
         merged = plan.merge(streams, tagged=tag_shard)
         return Result(
             keys, merged, rowcount=rowcount, row_processor=row_processor, on_close=on_close
