@@ -95,28 +95,30 @@ def row_processor_for(
     Entity columns are replaced by one object per entity; other columns pass
     through.  ``None`` when the statement selects no ORM entity.
     """
-    entities = [item for item in getattr(stmt, "_entities", ()) if item.is_entity]
-    if not entities or not compiled.entities:
+    specs = compiled.derived.get("entity_specs")
+    if specs is None:
+        # the same for every statement of this structure: worked out once
+        entities = [item for item in getattr(stmt, "_entities", ()) if item.is_entity]
+        specs = []
+        if entities and compiled.entities:
+            for item, info in zip(entities, compiled.entities, strict=False):
+                _, _, start, stop, pk_positions = info
+                mapper = inspect(item.entity)
+                keys = [mapper.attribute_key_for_column(col) for col in item.columns]
+                specs.append((start, stop, mapper.class_, keys, pk_positions))
+        compiled.derived["entity_specs"] = specs
+    if not specs:
         return None
-    loaders: list[tuple[int, int, EntityLoader]] = []
-    for item, info in zip(entities, compiled.entities, strict=False):
-        _, _, start, stop, pk_positions = info
-        mapper = inspect(item.entity)
-        keys = [mapper.attribute_key_for_column(col) for col in item.columns]
-        loaders.append(
-            (
-                start,
-                stop,
-                EntityLoader(
-                    session,
-                    mapper.class_,
-                    start,
-                    keys,
-                    pk_positions,
-                    populate_existing=populate_existing,
-                ),
-            )
+    loaders: list[tuple[int, int, EntityLoader]] = [
+        (
+            start,
+            stop,
+            EntityLoader(
+                session, cls, start, keys, pk_positions, populate_existing=populate_existing
+            ),
         )
+        for start, stop, cls, keys, pk_positions in specs
+    ]
     width = len(compiled.result_keys)
     if len(loaders) == 1 and loaders[0][0] == 0 and loaders[0][1] == width:
         only = loaders[0][2]

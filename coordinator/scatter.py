@@ -396,17 +396,13 @@ def plan_select(
         )
     # The shape depends on the statement's structure only, which a compiled
     # statement (cached by structure) stands for: work it out once per compiled.
-    shape = getattr(compiled, "_ss_scatter_shape", None)
+    shape = compiled.derived.get("scatter_shape")
     if shape is None:
         kinds = [_aggregate_kind(c) for c in stmt._result_columns]
         order_kinds = [_aggregate_kind(_order_element(o)) for o in stmt._order_by]
         having_aggs = any(_contains_aggregate(h) for h in stmt._having)
         grouped = bool(stmt._group_by or any(kinds) or any(order_kinds) or having_aggs)
-        shape = (kinds, grouped)
-        try:
-            compiled._ss_scatter_shape = shape
-        except AttributeError:
-            pass  # a compiled statement that takes no attributes: work it out each time
+        shape = compiled.derived["scatter_shape"] = (kinds, grouped)
     kinds, grouped = shape
     if grouped:
         return _plan_aggregate(stmt, compiled, params, kinds)

@@ -114,6 +114,9 @@ class CompiledStatement:
     :ivar distinct: SELECT DISTINCT (or DISTINCT ON).
     :ivar for_update: the SELECT locks rows.
     :ivar rows: number of VALUES rows of an INSERT (0 otherwise).
+    :ivar derived: a memo shared by every copy of one compiled structure, for what
+        users of the statement work out from its structure once (the coordinator keeps
+        its scatter plan's shape there).
     """
 
     _fields = (
@@ -149,6 +152,7 @@ class CompiledStatement:
             raise TypeError(f"unexpected fields {sorted(kw)}")
         self.__dict__["_callables"] = tuple(callables)
         self.__dict__["_result_processors"] = procs
+        self.__dict__["derived"] = {}
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("CompiledStatement is immutable")
@@ -160,6 +164,7 @@ class CompiledStatement:
         self.__dict__.update(state)
         self.__dict__["_callables"] = ()
         self.__dict__["_result_processors"] = None
+        self.__dict__["derived"] = {}
 
     def _with_values(self, values: tuple[Any, ...]) -> CompiledStatement:
         new = object.__new__(CompiledStatement)
