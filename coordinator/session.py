@@ -474,11 +474,14 @@ class Session:
     @property
     def dirty(self) -> list[Any]:
         """Persistent objects with attribute changes (possibly no net change)."""
-        return [
-            obj
-            for obj in self.identity_map.values()
-            if instance_state(obj).modified and id(instance_state(obj)) not in self._deleted
-        ]
+        return list(self._dirty_objects())
+
+    def _dirty_objects(self) -> Iterator[Any]:
+        deleted = self._deleted
+        for obj in self.identity_map.iter_values():
+            state = instance_state(obj)
+            if state.modified and id(state) not in deleted:
+                yield obj
 
     def is_modified(self, instance: Any, include_collections: bool = True) -> bool:
         """Whether ``instance`` has net changes in its attributes."""
@@ -509,17 +512,9 @@ class Session:
             self._flush_if_needed()
 
     def _flush_if_needed(self) -> None:
-        if self._new or self._deleted or self._any_dirty():
+        # stops at the first modified object
+        if self._new or self._deleted or next(self._dirty_objects(), None) is not None:
             self.flush()
-
-    def _any_dirty(self) -> bool:
-        # what ``bool(self.dirty)`` says, stopping at the first modified object
-        deleted = self._deleted
-        for obj in self.identity_map.iter_values():
-            state = instance_state(obj)
-            if state.modified and id(state) not in deleted:
-                return True
-        return False
 
     def flush(self, objects: Sequence[Any] | None = None) -> None:
         """Write pending changes to their shards (inside the current transaction)."""
@@ -737,23 +732,11 @@ class Session:
         event.dispatch(self, "persistent_to_deleted", self, state.obj())
 
     def _register_loaded(self, state: InstanceState, key: tuple[Any, ...]) -> None:
-        # Runs once per loaded row: the snapshot is skipped for a state with no history.
-        fresh = not (
-            state.committed_state
-            or state.expired_attributes
-            or state.expired
-            or state.modified
-            or state._pending_mutations
-            or state._strong_obj is not None
-        )
-        state._mark_persistent(
-            key, self, commit=not fresh, loader=self._loader, on_modified=self._on_modified
-        )
+        state._mark_persistent(key, self, loader=self._loader, on_modified=self._on_modified)
         obj = state.obj()
         self.identity_map.add(key, obj)
         self._shard_of[id(state)] = key[2]
-        if event.any_listeners("loaded_as_persistent"):
-            event.dispatch(self, "loaded_as_persistent", self, obj)
+        event.dispatch(self, "loaded_as_persistent", self, obj)
 
     # -- after commit / rollback -------------------------------------------------
 

@@ -189,9 +189,7 @@ class SessionTransaction:
         if len(root._writers) == 1:
             root._committed_early.update(shards)
             return {s: p.Commit(expire=self.session.expire_on_commit) for s in shards}
-        writers = sorted(root._writers & set(root._handles))
-        root._commit_point = writers[0]
-        root._gid = root._gid or new_global_id(root._commit_point)
+        root._choose_commit_point()
         early = [s for s in shards if s != root._commit_point]
         root._prepared_early.update(early)
         return {s: p.Prepare(root.gid_for(s)) for s in early}
@@ -237,9 +235,7 @@ class SessionTransaction:
         Readers commit straight away.  Any failure rolls back every participant.
         """
         root = self._root
-        writers = sorted(root._writers & set(root._handles))
-        self._commit_point = writers[0]
-        self._gid = self._gid or new_global_id(self._commit_point)
+        writers = self._choose_commit_point()
         to_prepare = writers if include_commit_point else writers[1:]
         readers = [s for s in root._handles if s not in writers]
         calls = [
@@ -277,6 +273,17 @@ class SessionTransaction:
         self._prepared = to_prepare
         self._state = _State.PREPARED
         _crash_point("after_prepare")
+
+    def _choose_commit_point(self) -> list[str]:
+        """Fix the commit point (the lowest-sorted writer) and the global id, once.
+
+        :returns: the writers, sorted.
+        """
+        writers = sorted(self._writers & set(self._handles))
+        if self._gid is None:
+            self._commit_point = writers[0]
+            self._gid = new_global_id(self._commit_point)
+        return writers
 
     def gid_for(self, shard: str) -> str:
         """The prepared-transaction id of this transaction on ``shard``."""

@@ -28,8 +28,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from shardsession.embedded import LocalCluster, default_cluster_path
-from shardsession.exc import ConfigurationError, ShardSessionError
-from shardsession.preflight import check_shard_dsns, describe_dsn
+from shardsession.exc import ShardSessionError
+from shardsession.preflight import check_shard_dsns, describe_dsn, named_dsns
 from shardsession.recovery import recover
 
 __all__ = ["build_parser", "main"]
@@ -141,29 +141,9 @@ def _print(args: argparse.Namespace, data: Any, text: str) -> None:
     print(json.dumps(data, indent=2) if args.json else text)
 
 
-def _named_dsns(items: Sequence[str], *, names_required: bool) -> dict[str, str]:
-    """``SHARD=DSN`` (or, unless ``names_required``, plain DSNs named s0, s1, ...)."""
-    dsns: dict[str, str] = {}
-    for n, item in enumerate(items):
-        name, sep, dsn = item.partition("=")
-        named = bool(sep and name and name not in _LIBPQ_KEYWORDS and " " not in name)
-        named = named and "://" not in name
-        if not named:
-            if names_required:
-                raise ConfigurationError(
-                    f"--dsn {item!r} needs the shard's name: --dsn s0=postgresql://... "
-                    "(recovery finds each transaction's commit point by shard name)"
-                )
-            name, dsn = f"s{n}", item
-        if name in dsns:
-            raise ConfigurationError(f"shard {name!r} is given twice; name each shard once")
-        dsns[name] = dsn
-    return dsns
-
-
 def _cmd_up(args: argparse.Namespace) -> int:
     if args.dsn:
-        dsns = _named_dsns(args.dsn, names_required=False)
+        dsns = named_dsns(args.dsn, names_required=False)
         found = check_shard_dsns(dsns)
         lines = [f"{len(dsns)} external shard(s) ready for shardsession"]
         lines += [
@@ -217,7 +197,7 @@ def _cmd_down(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    dsns = _named_dsns(args.dsn, names_required=False)
+    dsns = named_dsns(args.dsn, names_required=False)
     found = check_shard_dsns(dsns)
     lines = [
         f"{shard} ({describe_dsn(dsns[shard])}): max_prepared_transactions = {value}, ok"
@@ -227,15 +207,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-_LIBPQ_KEYWORDS = {
-    "host", "hostaddr", "port", "dbname", "user", "password", "passfile", "options",
-    "sslmode", "connect_timeout", "application_name", "service", "target_session_attrs",
-}  # fmt: skip
-
-
 def _cmd_recover(args: argparse.Namespace) -> int:
     if args.dsn:
-        dsns = _named_dsns(args.dsn, names_required=True)
+        dsns = named_dsns(
+            args.dsn,
+            names_required=True,
+            why="(recovery finds each transaction's commit point by shard name)",
+        )
     else:
         cluster = LocalCluster(shards=1, path=args.path)
         info = cluster.status()

@@ -7,14 +7,45 @@ the setting to change, instead of failing at the first multi-shard commit.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from shardsession.exc import OperationalError, TwoPhaseNotEnabledError
+from shardsession.exc import ConfigurationError, OperationalError, TwoPhaseNotEnabledError
 
-__all__ = ["check_shard_dsns", "describe_dsn"]
+__all__ = ["check_shard_dsns", "describe_dsn", "named_dsns"]
+
+_LIBPQ_KEYWORDS = {
+    "host", "hostaddr", "port", "dbname", "user", "password", "passfile", "options",
+    "sslmode", "connect_timeout", "application_name", "service", "target_session_attrs",
+}  # fmt: skip
+
+
+def named_dsns(items: Sequence[str], *, names_required: bool, why: str = "") -> dict[str, str]:
+    """Parse command-line ``SHARD=DSN`` items into shard name -> DSN.
+
+    A ``key=value`` DSN or a URI is not mistaken for a name.  Unless
+    ``names_required``, an unnamed DSN is named after its position (``s0``,
+    ``s1``, ...).
+
+    :param why: why names are needed, for the error message.
+    :raises ConfigurationError: for a missing name (when required) or a name given twice.
+    """
+    dsns: dict[str, str] = {}
+    for n, item in enumerate(items):
+        name, sep, dsn = item.partition("=")
+        named = bool(sep and name and dsn) and " " not in name and "://" not in name
+        if not (named and name not in _LIBPQ_KEYWORDS):
+            if names_required:
+                raise ConfigurationError(
+                    f"--dsn {item!r} needs the shard's name: --dsn s0=postgresql://... {why}"
+                )
+            name, dsn = f"s{n}", item
+        if name in dsns:
+            raise ConfigurationError(f"shard {name!r} is given twice; name each shard once")
+        dsns[name] = dsn
+    return dsns
 
 
 def describe_dsn(dsn: str) -> str:

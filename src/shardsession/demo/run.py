@@ -25,6 +25,7 @@ from shardsession.demo.workload import (
 )
 from shardsession.embedded import LocalCluster, default_cluster_path
 from shardsession.exc import ArgumentError
+from shardsession.preflight import named_dsns
 
 __all__ = ["DEMO_SHARDS", "QUICK", "DemoOptions", "default_demo_path", "parse_dsns", "run_demo"]
 
@@ -39,29 +40,13 @@ def default_demo_path() -> Path:
     return default_cluster_path().parent / "demo"
 
 
-_LIBPQ_KEYWORDS = {
-    "host", "hostaddr", "port", "dbname", "user", "password", "passfile", "options",
-    "sslmode", "connect_timeout", "application_name", "service", "target_session_attrs",
-}  # fmt: skip
-
-
 def parse_dsns(items: list[str]) -> dict[str, str]:
     """``["s0=DSN", ...]`` -> ``{"s0": "DSN"}``; every item must name its shard.
 
-    :raises ArgumentError: for an item without a name, a repeated name, or fewer
-        than two shards (transfers need two).
+    :raises ConfigurationError: for an item without a name or a repeated name.
+    :raises ArgumentError: for fewer than two shards (transfers need two).
     """
-    out: dict[str, str] = {}
-    for item in items:
-        name, sep, dsn = item.partition("=")
-        if not sep or not name or not dsn or name in _LIBPQ_KEYWORDS or " " in name:
-            raise ArgumentError(
-                f"--dsn {item!r} needs the shard's name: --dsn s0=postgresql://... "
-                "(give every shard its name)"
-            )
-        if name in out:
-            raise ArgumentError(f"--dsn names shard {name!r} twice")
-        out[name] = dsn
+    out = named_dsns(items, names_required=True, why="(give every shard its name)")
     if len(out) < 2:
         raise ArgumentError("the demo needs at least two shards: give --dsn for each of them")
     return out
