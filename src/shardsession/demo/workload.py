@@ -295,11 +295,7 @@ def run_queries(pool: Any, data: DemoData) -> list[QueryResult]:
             lambda rows: ", ".join(f"#{i} {a:,}" for i, _, a in rows),
         )
         # GROUP BY: partial counts and sums from every shard, combined per group
-        by_status: dict[str, list[int]] = {}
-        for o in data.orders:
-            acc = by_status.setdefault(o[3], [0, 0])
-            acc[0] += 1
-            acc[1] += o[4]
+        by_status = _count_and_sum(data.orders, lambda o: o[3])
         timed(
             "orders and revenue by status",
             every,
@@ -315,11 +311,7 @@ def run_queries(pool: Any, data: DemoData) -> list[QueryResult]:
             lambda rows: ", ".join(f"{s} {c:,}" for s, c, _ in rows),
         )
         # a join on each shard (a tenant's orders live with it), then grouping
-        by_region: dict[str, list[int]] = {}
-        for o in data.orders:
-            acc = by_region.setdefault(region_of[o[1]], [0, 0])
-            acc[0] += 1
-            acc[1] += o[4]
+        by_region = _count_and_sum(data.orders, lambda o: region_of[o[1]])
         timed(
             "orders, revenue, average by region (join)",
             every,
@@ -677,6 +669,16 @@ def _context() -> Any:
     # A fresh interpreter per transfer process.  Never fork: this process holds a
     # worker pool (threads, pipes, connections).
     return multiprocessing.get_context("spawn")
+
+
+def _count_and_sum(orders: Any, group: Any) -> dict[Any, list[int]]:
+    """The expected answer of a grouped count and sum of order amounts."""
+    out: dict[Any, list[int]] = {}
+    for o in orders:
+        acc = out.setdefault(group(o), [0, 0])
+        acc[0] += 1
+        acc[1] += o[4]
+    return out
 
 
 def plan_transfers(
