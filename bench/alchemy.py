@@ -1,5 +1,5 @@
-"""The SQLAlchemy side: the same table as a SQLAlchemy 2.x model, and a
-``ShardedSession`` routing it exactly as shardsession does.
+"""The SQLAlchemy side: engines on SQLAlchemy's own psycopg dialect, and a
+``ShardedSession`` routing :class:`bench.model.Account` exactly as shardsession does.
 
 The three choosers use :meth:`bench.model.Layout.shard_of_tenant` -- shardsession's
 own rendezvous hash of the ``tenant_id`` -- so both libraries put every row on the
@@ -17,31 +17,16 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import psycopg
-from sqlalchemy import BigInteger, Integer, Text, create_engine
+from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.horizontal_shard import ShardedSession
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 from sqlalchemy.sql import operators, visitors
 from sqlalchemy.sql.elements import BinaryExpression, BindParameter
 
 from .model import TABLE, Layout
 
-__all__ = ["SaAccount", "SaBase", "engines", "plain_session_factory", "sharded_session_factory"]
-
-
-class SaBase(DeclarativeBase):
-    """The declarative base of the SQLAlchemy side's model."""
-
-
-class SaAccount(SaBase):
-    """SQLAlchemy's model of the table."""
-
-    __tablename__ = TABLE
-
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    tenant_id: Mapped[int] = mapped_column(Integer)
-    owner: Mapped[str] = mapped_column(Text)
-    balance: Mapped[int] = mapped_column(BigInteger)
+__all__ = ["engines", "plain_session_factory", "sharded_session_factory"]
 
 
 def engines(layout: Layout) -> dict[str, Engine]:

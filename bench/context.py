@@ -1,5 +1,5 @@
-"""What the workloads of one run share: the shards, the sizes, the shardsession pool
-and the SQLAlchemy engines (each started once, on first use, and closed at the end).
+"""What the workloads of one run share: the shards, the sizes, shardsession's engines
+and SQLAlchemy's (each started once, on first use, and closed at the end).
 """
 
 from __future__ import annotations
@@ -13,7 +13,21 @@ import shardsession as ss
 from .common import Params
 from .model import Layout
 
-__all__ = ["Context"]
+__all__ = ["Context", "start_shards"]
+
+
+def start_shards(dsns: Mapping[str, str]) -> ss.ShardSet:
+    """shardsession's engines over ``dsns``: a pool of one worker per shard, no overflow
+    (a second connection to a shard would be a leak the benchmark should not hide),
+    every worker started before this returns.
+    """
+    shards = ss.create_shards(dsns, pool_size=1, max_overflow=0)
+    try:
+        shards.run_on_all(lambda shard, engine: engine.connect().close())
+    except BaseException:
+        shards.close()
+        raise
+    return shards
 
 
 class Context:
@@ -50,13 +64,15 @@ class Context:
             self._tables = True
 
     @cached_property
-    def pool(self) -> ss.WorkerPool:
-        """shardsession's worker pool: one worker per shard (the clients are sequential)."""
-        return ss.create_pool(self.layout.dsns, workers_per_shard=1)
+    def shards(self) -> ss.ShardSet:
+        """shardsession's engines, one per shard, each pool holding one worker process
+        (the clients are sequential), started here so no timing pays for it.
+        """
+        return start_shards(self.layout.dsns)
 
     def session(self, **kw: Any) -> ss.Session:
-        """A new shardsession :class:`~shardsession.Session` over :attr:`pool`."""
-        return ss.Session(self.pool, **kw)
+        """A new shardsession :class:`~shardsession.Session` over :attr:`shards`."""
+        return ss.Session(self.shards, **kw)
 
     @cached_property
     def sa_engines(self) -> dict[str, Any]:
@@ -72,9 +88,9 @@ class Context:
         return sharded_session_factory(self.layout, self.sa_engines, twophase=twophase)
 
     def close(self, *, drop: bool = True) -> None:
-        """Stop the pool, dispose of the engines and drop the tables."""
-        if "pool" in self.__dict__:
-            self.__dict__.pop("pool").close()
+        """Stop the workers, dispose of the engines and drop the tables."""
+        if "shards" in self.__dict__:
+            self.__dict__.pop("shards").close()
         if "sa_engines" in self.__dict__:
             for engine in self.__dict__.pop("sa_engines").values():
                 engine.dispose()

@@ -43,16 +43,12 @@ def _checker(side: str, rows: int, holder: dict[str, Any]) -> Any:
 
 def run(ctx: Context) -> WorkloadResult:
     """Measure every side; raise :class:`~bench.common.WrongResult` on a wrong result."""
-    from sqlalchemy import select as sa_select
-
     from shardsession import select
-
-    from .alchemy import SaAccount
 
     n = ctx.params.rows
     ctx.ensure_data(n)
     sharded = ctx.sharded_factory()
-    ctx.pool  # noqa: B018 -- start the workers before any timing
+    ctx.shards  # noqa: B018 -- start the workers before any timing
     got: dict[str, dict[str, Any]] = {s: {} for s in ("shardsession", "sqlalchemy", "psycopg")}
 
     def shardsession_side() -> int:
@@ -63,7 +59,7 @@ def run(ctx: Context) -> WorkloadResult:
 
     def sqlalchemy_side() -> int:
         with sharded() as session:
-            objs = session.scalars(sa_select(SaAccount)).all()
+            objs = session.scalars(select(Account)).all()
         got["sqlalchemy"]["rows"] = objs
         return len(objs)
 

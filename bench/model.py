@@ -1,12 +1,15 @@
 """The benchmark's data: one ``account`` table, sharded by ``tenant_id``, on every side.
 
-Every side (shardsession, SQLAlchemy's ``ShardedSession``, raw psycopg) works on the
-same tables, created here with plain DDL, and routes a row with the same function:
-shardsession's own rendezvous hash of the ``tenant_id`` over the shard names
-(:func:`shardsession.coordinator.routing.shard_for_key`).  The rows are given ids
-``1..N``; their other values are functions of the id, so every check can compute the
-expected answer, and an unsharded copy (``account_all`` in the first shard's
-database) gives the reference answer of the cross-shard queries.
+Every side (shardsession, SQLAlchemy's ``ShardedSession`` and plain ``Session``, raw
+psycopg) works on the same tables, created here with plain DDL, and routes a row with
+the same function: shardsession's own rendezvous hash of the ``tenant_id`` over the
+shard names (:func:`shardsession.shard_for_key`).  Both ORM sides map the table with
+the same plain SQLAlchemy declarative class, :class:`Account`: its ``__shard_key__``
+routes it in a shardsession ``Session`` and means nothing to SQLAlchemy's sessions.
+
+The rows are given ids ``1..N``; their other values are functions of the id, so every
+check can compute the expected answer, and an unsharded copy (``account_all`` in the
+first shard's database) gives the reference answer of the cross-shard queries.
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
-from shardsession.coordinator.routing import shard_for_key
 
 import shardsession as ss
+from shardsession import shard_for_key
 
 __all__ = [
     "GID_PREFIX",
@@ -83,17 +86,21 @@ def row_of(id_: int) -> tuple[int, int, str, int]:
 
 
 class Base(ss.DeclarativeBase):
-    """The declarative base of the shardsession side's model."""
+    """The declarative base of the benchmark's model (SQLAlchemy's own)."""
 
 
 class Account(Base):
-    """shardsession's model of the table (routed by its ``__shard_key__``)."""
+    """The table, mapped once for every ORM side.
+
+    A shardsession ``Session`` routes it by its ``__shard_key__``; the
+    ``ShardedSession`` of :mod:`bench.alchemy` by its choosers, with the same hash.
+    """
 
     __tablename__ = TABLE
     __shard_key__ = "tenant_id"
 
     id: ss.Mapped[int] = ss.mapped_column(ss.BigInteger, primary_key=True, autoincrement=False)
-    tenant_id: ss.Mapped[int]
+    tenant_id: ss.Mapped[int] = ss.mapped_column(ss.Integer)
     owner: ss.Mapped[str] = ss.mapped_column(ss.Text)
     balance: ss.Mapped[int] = ss.mapped_column(ss.BigInteger)
 
@@ -107,7 +114,7 @@ class Layout:
     def __init__(self, dsns: Mapping[str, str]) -> None:
         self.dsns = dict(dsns)
         self.shard_ids: list[str] = sorted(self.dsns)
-        self._tenant_shard = [shard_for_key(t, self.shard_ids) for t in range(TENANTS)]
+        self._tenant_shard = [shard_for_key(self.shard_ids, t) for t in range(TENANTS)]
         #: the database holding the unsharded reference table
         self.reference_dsn = self.dsns[self.shard_ids[0]]
 
@@ -115,7 +122,7 @@ class Layout:
         """The shard of ``tenant_id`` (shardsession's routing)."""
         if 0 <= tenant_id < TENANTS:
             return self._tenant_shard[tenant_id]
-        return shard_for_key(tenant_id, self.shard_ids)
+        return shard_for_key(self.shard_ids, tenant_id)
 
     def shard_of(self, id_: int) -> str:
         """The shard holding account ``id_``."""

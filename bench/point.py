@@ -27,7 +27,7 @@ def run(ctx: Context) -> WorkloadResult:
     """Measure every side; raise :class:`~bench.common.WrongResult` on a wrong result."""
     import psycopg
 
-    from .alchemy import SaAccount, plain_session_factory
+    from .alchemy import plain_session_factory
 
     layout = ctx.layout
     ctx.ensure_data(ctx.params.rows)
@@ -37,7 +37,7 @@ def run(ctx: Context) -> WorkloadResult:
     deltas: Counter[int] = Counter(ids)
     sharded = ctx.sharded_factory()
     plain = plain_session_factory(ctx.sa_engines[shard])
-    ctx.pool  # noqa: B018 -- start the workers before any timing
+    ctx.shards  # noqa: B018 -- start the workers before any timing
 
     def shardsession_side() -> int:
         for i in ids:
@@ -50,7 +50,7 @@ def run(ctx: Context) -> WorkloadResult:
     def sqlalchemy_side() -> int:
         for i in ids:
             with sharded() as session:
-                obj = session.get(SaAccount, i, identity_token=shard)
+                obj = session.get(Account, i, identity_token=shard)
                 assert obj is not None
                 obj.balance += 1
                 session.commit()
@@ -59,7 +59,7 @@ def run(ctx: Context) -> WorkloadResult:
     def plain_side() -> int:
         for i in ids:
             with plain() as session:
-                obj = session.get(SaAccount, i)
+                obj = session.get(Account, i)
                 assert obj is not None
                 obj.balance += 1
                 session.commit()

@@ -24,9 +24,6 @@ ALL, ONE = "4 shards", "1 shard"
 
 def run(ctx: Context) -> WorkloadResult:
     """Measure every side; raise :class:`~bench.common.WrongResult` on a wrong result."""
-    from sqlalchemy import func as sa_func
-    from sqlalchemy import select as sa_select
-
     from shardsession import func, select
 
     ctx.ensure_tables()
@@ -35,9 +32,8 @@ def run(ctx: Context) -> WorkloadResult:
     sleep = ctx.params.sleep
     queries = max(2, ctx.params.ops // 100)
     stmt = select(func.pg_sleep(sleep))
-    sa_stmt = sa_select(sa_func.pg_sleep(sleep))
     sharded = ctx.sharded_factory()
-    ctx.pool  # noqa: B018 -- start the workers before any timing
+    ctx.shards  # noqa: B018 -- start the workers before any timing
 
     def shardsession_side(bind: dict[str, Any]) -> Callable[[], int]:
         def run() -> int:
@@ -52,7 +48,7 @@ def run(ctx: Context) -> WorkloadResult:
         def run() -> int:
             for _ in range(queries):
                 with sharded() as session:
-                    answered(len(session.execute(sa_stmt, bind_arguments=bind).all()), want(bind))
+                    answered(len(session.execute(stmt, bind_arguments=bind).all()), want(bind))
             return queries
 
         return run

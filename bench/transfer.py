@@ -65,8 +65,6 @@ def balance_checker(
 
 def run(ctx: Context) -> WorkloadResult:
     """Measure every side; raise :class:`~bench.common.WrongResult` on a wrong result."""
-    from .alchemy import SaAccount
-
     layout = ctx.layout
     ctx.ensure_data(ctx.params.rows)
     todo = [
@@ -78,7 +76,7 @@ def run(ctx: Context) -> WorkloadResult:
         deltas[a] -= 1
         deltas[b] += 1
     sharded = ctx.sharded_factory(twophase=True)
-    ctx.pool  # noqa: B018 -- start the workers before any timing
+    ctx.shards  # noqa: B018 -- start the workers before any timing
     gids = itertools.count(1)
 
     def shardsession_side() -> int:
@@ -94,8 +92,8 @@ def run(ctx: Context) -> WorkloadResult:
     def sqlalchemy_side() -> int:
         for a_id, b_id, sa, sb in todo:
             with sharded() as session:
-                a = session.get(SaAccount, a_id, identity_token=sa)
-                b = session.get(SaAccount, b_id, identity_token=sb)
+                a = session.get(Account, a_id, identity_token=sa)
+                b = session.get(Account, b_id, identity_token=sb)
                 assert a is not None and b is not None
                 a.balance -= 1
                 b.balance += 1

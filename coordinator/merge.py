@@ -24,9 +24,8 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Seq
 from decimal import Decimal
 from typing import Any
 
-from shardsession.exc import InvalidRequestError
-from shardsession.sql.expressions import (
-    Between,
+from sqlalchemy.sql import operators
+from sqlalchemy.sql.elements import (
     BinaryExpression,
     BindParameter,
     BooleanClauseList,
@@ -37,6 +36,8 @@ from shardsession.sql.expressions import (
     True_,
     UnaryExpression,
 )
+
+from shardsession.exc import CrossShardError
 
 __all__ = [
     "AggregateSpec",
@@ -309,17 +310,16 @@ def _first(spec: AggregateSpec, row: Row) -> Any:
 
 # -- HAVING on combined groups ----------------------------------------
 
-_COMPARE: dict[str, Callable[[Any, Any], Any]] = {
-    "=": operator.eq,
-    "<>": operator.ne,
-    "!=": operator.ne,
-    "<": operator.lt,
-    "<=": operator.le,
-    ">": operator.gt,
-    ">=": operator.ge,
-    "+": operator.add,
-    "-": operator.sub,
-    "*": operator.mul,
+_BINARY: dict[Any, Callable[[Any, Any], Any]] = {
+    operators.eq: operator.eq,
+    operators.ne: operator.ne,
+    operators.lt: operator.lt,
+    operators.le: operator.le,
+    operators.gt: operator.gt,
+    operators.ge: operator.ge,
+    operators.add: operator.add,
+    operators.sub: operator.sub,
+    operators.mul: operator.mul,
 }
 
 
@@ -330,62 +330,48 @@ def having_test(
 
     Evaluated in SQL's three-valued logic: a group is kept only when the condition is
     true (not false, not NULL).  Comparisons, ``AND`` / ``OR`` / ``NOT``,
-    ``IS [NOT] NULL``, ``BETWEEN`` and ``+ - *`` are understood.
+    ``IS [NOT] NULL`` and ``+ - *`` are understood.
 
     :param params: the user's parameters (for named bind parameters).
     :param leaf: maps any other sub-expression (an aggregate, a GROUP BY expression) to
         the column of the combined row holding its value; it raises for what the
         coordinator cannot compute.
-    :raises InvalidRequestError: for an operator that cannot be evaluated here.
+    :raises CrossShardError: for an operator that cannot be evaluated here.
     """
 
     def build(el: Any) -> Callable[[Row], Any]:
         if isinstance(el, Grouping | Label):
             return build(el.element)
         if isinstance(el, BindParameter):
-            if el.key is not None and params is not None and el.key in params:
-                value = params[el.key]
-            elif el._has_value:
-                value = el.value
-            else:
-                raise InvalidRequestError(f"a value is required for bind parameter {el.key!r}")
+            value = params[el.key] if params and el.key in params else el.effective_value
             return lambda row: value
         if isinstance(el, Null):
             return lambda row: None
         if isinstance(el, True_ | False_):
             const = isinstance(el, True_)
             return lambda row: const
-        if isinstance(el, BooleanClauseList) and el.operator in ("AND", "OR"):
-            return _bool_list([build(c) for c in el.clauses], el.operator == "AND")
-        if isinstance(el, UnaryExpression) and el.operator in ("NOT", "-"):
+        if isinstance(el, BooleanClauseList) and el.operator in (operators.and_, operators.or_):
+            return _bool_list([build(c) for c in el.clauses], el.operator is operators.and_)
+        if isinstance(el, UnaryExpression) and el.operator in (operators.inv, operators.neg):
             f = build(el.element)
-            neg = operator.not_ if el.operator == "NOT" else operator.neg
+            neg = operator.not_ if el.operator is operators.inv else operator.neg
             return lambda row: None if (v := f(row)) is None else neg(v)
         if isinstance(el, BinaryExpression):
-            op = el.operator.upper()
+            op = el.operator
             left = build(el.left)
-            if op in ("IS", "IS NOT") and isinstance(el.right, Null):
-                is_null = op == "IS"
+            if op in (operators.is_, operators.is_not) and isinstance(el.right, Null):
+                is_null = op is operators.is_
                 return lambda row: (left(row) is None) == is_null
-            fn = _COMPARE.get(op)
+            fn = _BINARY.get(op)
             if fn is None:
-                raise InvalidRequestError(
-                    f"HAVING: the operator {op} cannot be evaluated by the coordinator "
-                    "after combining the shards' groups; run the query on one shard "
-                    "(bind_arguments={'shard_id': ...}) or filter the rows in Python"
+                raise CrossShardError(
+                    f"HAVING: the operator {getattr(op, '__name__', op)} cannot be evaluated "
+                    "by the coordinator after combining the shards' groups; run the query on "
+                    "one shard (bind_arguments={'shard_id': ...}) or filter the rows in Python"
                 )
             right = build(el.right)
             return lambda row: (
                 None if (a := left(row)) is None or (b := right(row)) is None else fn(a, b)
-            )
-        if isinstance(el, Between) and not el.symmetric:
-            x, lo, hi = build(el.expr), build(el.lower), build(el.upper)
-            return _bool_list(
-                [
-                    lambda row: None if (a := x(row)) is None or (b := lo(row)) is None else a >= b,
-                    lambda row: None if (a := x(row)) is None or (b := hi(row)) is None else a <= b,
-                ],
-                True,
             )
         index = leaf(el)
         return lambda row: row[index]

@@ -1,18 +1,20 @@
-"""Getting started: a model routed by its shard key, a two-phase commit, queries over every shard.
+"""Getting started: SQLAlchemy models over four shards, a two-phase commit, merged queries.
 
 Run it with ``python docs/examples/quickstart.py``.  It starts a temporary local
 PostgreSQL cluster with four shard databases (``s0`` ... ``s3``) and removes it at
-the end; with your own servers, pass their DSNs to ``create_pool`` instead.
+the end; with your own servers, pass their DSNs to ``ss.create_shards`` instead.
 """
 
 from __future__ import annotations
 
+from sqlalchemy import ForeignKey, String, func, inspect, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
 import shardsession as ss
-from shardsession import ForeignKey, Mapped, String, mapped_column, relationship
 from shardsession.embedded import LocalCluster
 
 
-class Base(ss.DeclarativeBase):
+class Base(DeclarativeBase):
     pass
 
 
@@ -28,7 +30,7 @@ class Customer(Base):
 
 class Order(Base):
     __tablename__ = "customer_order"
-    __shard_key__ = "customer_id"  # an order lives on its customer's shard
+    # No __shard_key__: an order goes to the shard of the customer it belongs to.
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     customer_id: Mapped[int] = mapped_column(ForeignKey("customer.id"))
@@ -36,61 +38,65 @@ class Order(Base):
     customer: Mapped[Customer] = relationship(back_populates="orders")
 
 
-def run(pool: ss.WorkerPool) -> None:
-    Base.metadata.create_all(pool)  # every table on every shard
+def run(shards: ss.ShardSet) -> None:
+    Base.metadata.create_all(shards)  # every table on every shard
+    Session = ss.sessionmaker(shards)
 
-    with ss.Session(pool) as session:
+    with Session() as session:
         countries = ["DE", "FR", "NL", "SE"]
         for n in range(1, 21):
-            session.add(Customer(id=n, name=f"customer {n}", country=countries[n % 4]))
-            # The shard key is set explicitly: it routes the order before the flush.
-            session.add(Order(id=100 + n, customer_id=n, amount=10 * n))
+            customer = Customer(id=n, name=f"customer {n}", country=countries[n % 4])
+            customer.orders.append(Order(id=100 + n, amount=10 * n))
+            session.add(customer)
         session.commit()  # several shards were written: a two-phase commit
 
         # Each object remembers its shard: its identity token.
         placed: dict[str, int] = {}
-        for customer in session.scalars(ss.select(Customer)):
-            token = ss.inspect(customer).identity_token
+        for customer in session.scalars(select(Customer)):
+            token = inspect(customer).identity_token
             placed[token] = placed.get(token, 0) + 1
         print("customers per shard:", dict(sorted(placed.items())))
         assert sum(placed.values()) == 20 and len(placed) > 1
 
-        # A query over every shard: each sorts and limits, the coordinator merges.
-        top = session.scalars(ss.select(Order).order_by(Order.amount.desc()).limit(3)).all()
+        # A query over every shard: each sorts and limits, the rows are merged.
+        top = session.scalars(select(Order).order_by(Order.amount.desc()).limit(3)).all()
         print("largest orders:", [order.amount for order in top])
         assert [order.amount for order in top] == [200, 190, 180]
+        # Every order was written next to its customer.
+        assert all(inspect(o).identity_token == inspect(o.customer).identity_token for o in top)
 
         # Aggregates are combined across shards.
         total, average = session.execute(
-            ss.select(ss.func.sum(Order.amount), ss.func.avg(Order.amount))
+            select(func.sum(Order.amount), func.avg(Order.amount))
         ).one()
         print("total:", total, "average:", float(average))
         assert total == sum(10 * n for n in range(1, 21)) and float(average) == 105.0
 
         per_country = session.execute(
-            ss.select(Customer.country, ss.func.count())
+            select(Customer.country, func.count())
             .group_by(Customer.country)
             .order_by(Customer.country)
         ).all()
         print("customers per country:", [tuple(row) for row in per_country])
         assert [tuple(row) for row in per_country] == [("DE", 5), ("FR", 5), ("NL", 5), ("SE", 5)]
 
-    with ss.Session(pool) as session:
-        # The primary key holds the shard key: get() asks only that customer's shard.
+    with Session() as session:
+        # The primary key is the shard key: get() asks only that customer's shard.
         customer = session.get(Customer, 7)
+        assert customer is not None
         # A relationship loads from the shard of the object it starts from.
         print(customer.name, "ordered", [order.amount for order in customer.orders])
         assert [order.id for order in customer.orders] == [107]
 
         customer.orders[0].amount += 1  # one shard written: a plain one-phase commit
         session.commit()
-        assert session.scalar(ss.select(Order.amount).where(Order.id == 107)) == 71
+        assert session.scalar(select(Order.amount).where(Order.id == 107)) == 71
 
 
 def main() -> None:
     with LocalCluster(shards=4, temporary=True) as cluster:
-        with ss.create_pool(cluster.dsns, workers_per_shard=2) as pool:
-            run(pool)
+        with ss.create_shards(cluster.dsns, pool_size=2) as shards:
+            run(shards)
     print("quickstart: ok")
 
 

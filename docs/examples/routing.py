@@ -13,8 +13,11 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from sqlalchemy import BigInteger, ForeignKey, String, func, inspect, select
+from sqlalchemy.ext.horizontal_shard import set_shard_id
+from sqlalchemy.orm import DeclarativeBase, Mapped, ORMExecuteState, mapped_column, relationship
+
 import shardsession as ss
-from shardsession import BigInteger, ForeignKey, Mapped, String, mapped_column, relationship
 from shardsession.embedded import LocalCluster
 
 
@@ -29,7 +32,7 @@ def shard_dsns() -> Iterator[dict[str, str]]:
         yield cluster.dsns
 
 
-class Base(ss.DeclarativeBase):
+class Base(DeclarativeBase):
     pass
 
 
@@ -45,44 +48,43 @@ class Invoice(Base):
     amount: Mapped[int]
 
 
-def shard_key_routing(pool: ss.WorkerPool) -> None:
-    with ss.Session(pool) as session:
+def shard_key_routing(shards: ss.ShardSet) -> None:
+    with ss.Session(shards) as session:
         for tenant in ("acme", "globex", "initech", "umbrella", "hooli", "stark"):
             session.add_all([Invoice(tenant=tenant, number=n, amount=n) for n in range(1, 4)])
         session.commit()
 
+        # Where a tenant's rows live is a pure function of the key and the shard names.
+        acme_shard = ss.shard_for_key(list(shards), "acme")
+
         # The WHERE clause pins the shard key: only that tenant's shard is asked.
-        acme = session.scalars(ss.select(Invoice).where(Invoice.tenant == "acme")).all()
-        home = {ss.inspect(invoice).identity_token for invoice in acme}
+        acme = session.scalars(select(Invoice).where(Invoice.tenant == "acme")).all()
+        home = {inspect(invoice).identity_token for invoice in acme}
         print("acme lives on", home)
-        assert len(acme) == 3 and len(home) == 1
-        (acme_shard,) = home
+        assert len(acme) == 3 and home == {acme_shard}
 
         # get() with the whole primary key goes straight to the shard too.
-        assert ss.inspect(session.get(Invoice, ("acme", 2))).identity_token == acme_shard
+        assert inspect(session.get(Invoice, ("acme", 2))).identity_token == acme_shard
 
-        # Pin a statement to a shard.  In precedence order: a set_shard_id() option,
-        # the identity_token / shard_id execution options, bind_arguments["shard_id"].
-        on_s1 = session.scalars(ss.select(Invoice).options(ss.set_shard_id("s1"))).all()
-        assert {ss.inspect(i).identity_token for i in on_s1} <= {"s1"}
-        count_s2 = session.scalar(
-            ss.select(ss.func.count()).select_from(Invoice).execution_options(shard_id="s2")
-        )
-        count_s3 = session.scalar(
-            ss.select(ss.func.count()).select_from(Invoice), bind_arguments={"shard_id": "s3"}
-        )
-        everywhere = session.scalar(ss.select(ss.func.count()).select_from(Invoice))
-        print("invoices on s1, s2, s3, everywhere:", len(on_s1), count_s2, count_s3, everywhere)
+        # Pin a statement to a shard yourself, as with SQLAlchemy's ShardedSession:
+        # bind_arguments={"shard_id": ...}, the set_shard_id() option, or an
+        # identity_token execution option.
+        count = select(func.count()).select_from(Invoice)
+        on_s1 = session.scalars(select(Invoice).options(set_shard_id("s1"))).all()
+        assert {inspect(i).identity_token for i in on_s1} <= {"s1"}
+        on_s2 = session.scalar(count, bind_arguments={"shard_id": "s2"})
+        on_s3 = session.scalar(count.execution_options(identity_token="s3"))
+        everywhere = session.scalar(count)  # no key pinned: every shard, counts added up
+        print("invoices on s1, s2, s3, everywhere:", len(on_s1), on_s2, on_s3, everywhere)
         assert everywhere == 18
 
-        # The option wins over the execution option.
-        pinned = (
-            ss.select(Invoice)
-            .options(ss.set_shard_id(acme_shard))
-            .execution_options(shard_id="s0" if acme_shard != "s0" else "s1")
-            .where(Invoice.tenant == "acme")
-        )
-        assert len(session.scalars(pinned).all()) == 3
+        # A name that is not a shard is refused.
+        try:
+            session.scalar(count, bind_arguments={"shard_id": "s9"})
+        except ss.exc.ShardNotFoundError as err:
+            print("refused:", err)
+        else:
+            raise AssertionError("an unknown shard should be refused")
 
 
 # -- routed by choosers -----------------------------------------------------------------
@@ -125,10 +127,12 @@ def identity_chooser(
     **kw: Any,
 ) -> list[str]:
     """The shards get() asks for a primary key (all of them, in parallel)."""
+    if lazy_loaded_from is not None:  # a many-to-one: the shard of the object it starts from
+        return [lazy_loaded_from.identity_token]
     return list(CONTINENTS.values())
 
 
-def execute_chooser(state: ss.ORMExecuteState) -> list[str]:
+def execute_chooser(state: ORMExecuteState) -> list[str]:
     """The shards a statement runs on when nothing pinned it."""
     wanted = state.execution_options.get("continents")
     if wanted:
@@ -136,9 +140,9 @@ def execute_chooser(state: ss.ORMExecuteState) -> list[str]:
     return list(CONTINENTS.values())
 
 
-def chooser_routing(pool: ss.WorkerPool) -> None:
+def chooser_routing(shards: ss.ShardSet) -> None:
     Session = ss.sessionmaker(
-        pool,
+        shards,
         shard_chooser=shard_chooser,
         identity_chooser=identity_chooser,
         execute_chooser=execute_chooser,
@@ -154,32 +158,35 @@ def chooser_routing(pool: ss.WorkerPool) -> None:
     with Session() as session:
         # A custom execution option, read by the execute_chooser.
         asia = session.scalars(
-            ss.select(Location).execution_options(continents=["Asia"]).order_by(Location.city)
+            select(Location).execution_options(continents=["Asia"]).order_by(Location.city)
         ).all()
-        print("Asia:", [(c.city, ss.inspect(c).identity_token) for c in asia])
+        print("Asia:", [(c.city, inspect(c).identity_token) for c in asia])
         assert [c.city for c in asia] == ["Seoul", "Tokyo"]
 
-        dublin = session.get(Location, 1)  # the identity_chooser names every shard
-        assert ss.inspect(dublin).identity_token == "s0"
-        # Its reports went with it (the shard_chooser); a lazy load reads from the
-        # shard of the object it starts from, without asking a chooser.
+        # get(): the identity_chooser names the identity tokens to look for in the
+        # identity map; not found there, the load runs where the execute_chooser says.
+        dublin = session.get(Location, 1)
+        assert dublin is not None and inspect(dublin).identity_token == "s0"
+        # Its reports went with it (the shard_chooser), and a lazy load reads from the
+        # shard of the object it starts from.
         assert [r.temperature for r in dublin.reports] == [1.0, 2.0]
-        assert {ss.inspect(r).identity_token for r in dublin.reports} == {"s0"}
+        assert {inspect(r).identity_token for r in dublin.reports} == {"s0"}
 
         # An identity token names the shard: get() asks only that one.
-        assert session.get(Location, 2, identity_token="s1").city == "Tokyo"
+        tokyo = session.get(Location, 2, identity_token="s1")
+        assert tokyo is not None and tokyo.city == "Tokyo"
         assert session.get(Location, 2, identity_token="s0") is None
 
 
 def main() -> None:
-    with shard_dsns() as dsns, ss.create_pool(dsns, workers_per_shard=1) as pool:
-        Base.metadata.drop_all(pool)  # left over from an interrupted run
-        Base.metadata.create_all(pool)
+    with shard_dsns() as dsns, ss.create_shards(dsns, pool_size=1) as shards:
+        Base.metadata.drop_all(shards)  # left over from an interrupted run
+        Base.metadata.create_all(shards)
         try:
-            shard_key_routing(pool)
-            chooser_routing(pool)
+            shard_key_routing(shards)
+            chooser_routing(shards)
         finally:
-            Base.metadata.drop_all(pool)
+            Base.metadata.drop_all(shards)
     print("routing: ok")
 
 

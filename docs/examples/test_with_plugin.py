@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import psycopg
 import pytest
+from sqlalchemy import String, func, inspect, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 import shardsession as ss
-from shardsession import Mapped, String, mapped_column
 
 
-class Base(ss.DeclarativeBase):
+class Base(DeclarativeBase):
     pass
 
 
@@ -27,26 +28,26 @@ class Customer(Base):
 
 
 @pytest.fixture(scope="session")
-def tables(shard_pool: ss.WorkerPool) -> None:
+def tables(shard_pool: ss.ShardSet) -> None:
     """Create the application's tables once per test process, on every shard."""
     Base.metadata.create_all(shard_pool)
 
 
-def test_customers_are_spread_over_the_shards(tables: None, session: ss.Session) -> None:
+def test_customers_are_spread_over_the_shards(tables: None, session: Session) -> None:
     session.add_all([Customer(id=n, name=f"customer {n}") for n in range(1, 21)])
     session.commit()
-    shards = {ss.inspect(c).identity_token for c in session.scalars(ss.select(Customer))}
+    shards = {inspect(c).identity_token for c in session.scalars(select(Customer))}
     assert len(shards) > 1
-    assert session.scalar(ss.select(ss.func.count()).select_from(Customer)) == 20
+    assert session.scalar(select(func.count()).select_from(Customer)) == 20
 
 
-def test_every_test_starts_with_empty_tables(tables: None, session: ss.Session) -> None:
+def test_every_test_starts_with_empty_tables(tables: None, session: Session) -> None:
     # The session fixture emptied every shard after the previous test.
-    assert session.scalar(ss.select(ss.func.count()).select_from(Customer)) == 0
+    assert session.scalar(select(func.count()).select_from(Customer)) == 0
 
 
 def test_shards_are_real_databases(
-    tables: None, shard_dsns: dict[str, str], session: ss.Session
+    tables: None, shard_dsns: dict[str, str], session: Session
 ) -> None:
     session.add(Customer(id=7, name="seven"))
     session.commit()
@@ -57,8 +58,8 @@ def test_shards_are_real_databases(
     assert rows == 1
 
 
-def test_a_pool_of_your_own(tables: None, shard_dsns: dict[str, str]) -> None:
-    # Other pool settings: build a pool over the same databases.
-    with ss.create_pool(shard_dsns, workers_per_shard=1, recovery_interval=None) as pool:
-        with ss.Session(pool) as session:
+def test_shards_of_your_own(tables: None, shard_dsns: dict[str, str]) -> None:
+    # Other settings: make engines of your own over the same databases.
+    with ss.create_shards(shard_dsns, pool_size=1, max_overflow=0) as shards:
+        with ss.Session(shards) as session:
             assert session.get(Customer, 1) is None

@@ -1,29 +1,162 @@
-"""shardsession: the SQLAlchemy 2.x ORM ``Session`` API over many PostgreSQL shards."""
+"""shardsession: SQLAlchemy 2.x sessions over many PostgreSQL shards.
+
+Every name of SQLAlchemy's Session API is offered here (they are SQLAlchemy's
+own objects), with the sharded :class:`Session` and :func:`sessionmaker`,
+:func:`create_shards`, and the names programs commonly import next to them.
+"""
 
 from __future__ import annotations
 
-from shardsession import event as event
-from shardsession import exc as exc
-from shardsession.coordinator.execute_state import ORMExecuteState as ORMExecuteState
-from shardsession.coordinator.options import set_shard_id as set_shard_id
-from shardsession.coordinator.session import Session as Session
-from shardsession.coordinator.session import close_all_sessions as close_all_sessions
-from shardsession.coordinator.session import make_transient as make_transient
-from shardsession.coordinator.session import (
-    make_transient_to_detached as make_transient_to_detached,
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Numeric,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    and_,
+    asc,
+    delete,
+    desc,
+    event,
+    func,
+    insert,
+    inspect,
+    literal,
+    not_,
+    or_,
+    select,
+    text,
+    update,
 )
-from shardsession.coordinator.session import object_session as object_session
-from shardsession.coordinator.session import sessionmaker as sessionmaker
-from shardsession.coordinator.transaction import SessionTransaction as SessionTransaction
-from shardsession.coordinator.transaction import (
-    SessionTransactionOrigin as SessionTransactionOrigin,
+from sqlalchemy.ext.horizontal_shard import set_shard_id
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    ORMExecuteState,
+    SessionTransaction,
+    aliased,
+    backref,
+    close_all_sessions,
+    declared_attr,
+    joinedload,
+    make_transient,
+    make_transient_to_detached,
+    mapped_column,
+    object_session,
+    relationship,
+    selectinload,
 )
-from shardsession.exc import *  # noqa: F403
-from shardsession.orm import *  # noqa: F403
-from shardsession.recovery import RecoveryReport as RecoveryReport
-from shardsession.recovery import recover as recover
-from shardsession.sql import *  # noqa: F403
-from shardsession.workers.pool import WorkerPool as WorkerPool
-from shardsession.workers.pool import create_pool as create_pool
+from sqlalchemy.orm.attributes import (
+    History,
+    del_attribute,
+    flag_dirty,
+    flag_modified,
+    get_attribute,
+    get_history,
+    init_collection,
+    instance_state,
+    set_attribute,
+    set_committed_value,
+)
+from sqlalchemy.orm.instrumentation import is_instrumented
+from sqlalchemy.orm.util import object_state, was_deleted
 
-__version__ = "0.1.0"
+from shardsession import exc as exc
+from shardsession.coordinator import dialect as _dialect  # registers postgresql+shardsession
+from shardsession.coordinator.routing import shard_for_key
+from shardsession.coordinator.session import Session, sessionmaker
+from shardsession.coordinator.shards import (
+    ShardSet,
+    create_all,
+    create_pool,
+    create_shards,
+    drop_all,
+)
+from shardsession.recovery import RecoveryReport, recover
+
+__all__ = [
+    "BigInteger",
+    "Boolean",
+    "Column",
+    "Date",
+    "DateTime",
+    "DeclarativeBase",
+    "Float",
+    "ForeignKey",
+    "History",
+    "Index",
+    "Integer",
+    "LargeBinary",
+    "Mapped",
+    "MetaData",
+    "Numeric",
+    "ORMExecuteState",
+    "RecoveryReport",
+    "Session",
+    "SessionTransaction",
+    "ShardSet",
+    "String",
+    "Table",
+    "Text",
+    "UniqueConstraint",
+    "aliased",
+    "and_",
+    "asc",
+    "backref",
+    "close_all_sessions",
+    "create_all",
+    "create_pool",
+    "create_shards",
+    "declared_attr",
+    "del_attribute",
+    "delete",
+    "desc",
+    "drop_all",
+    "event",
+    "exc",
+    "flag_dirty",
+    "flag_modified",
+    "func",
+    "get_attribute",
+    "get_history",
+    "init_collection",
+    "insert",
+    "inspect",
+    "instance_state",
+    "is_instrumented",
+    "joinedload",
+    "literal",
+    "make_transient",
+    "make_transient_to_detached",
+    "mapped_column",
+    "not_",
+    "object_session",
+    "object_state",
+    "or_",
+    "recover",
+    "relationship",
+    "select",
+    "selectinload",
+    "sessionmaker",
+    "set_attribute",
+    "set_committed_value",
+    "set_shard_id",
+    "shard_for_key",
+    "text",
+    "update",
+    "was_deleted",
+]  # fmt: skip
+
+del _dialect
+__version__ = "0.2.0"

@@ -1,185 +1,97 @@
 """Exceptions raised by shardsession.
 
-The names follow SQLAlchemy's where the meaning is the same
-(:class:`InvalidRequestError`, :class:`IntegrityError`, ...), so code that catches
-``sqlalchemy.exc`` errors can catch these after changing its imports.  Errors that
-only exist because the data lives on several shards or in worker processes have
-names of their own (:class:`ShardNotFoundError`, :class:`WorkerLostError`,
-:class:`TwoPhaseError`, ...).  Every message names what went wrong and how to fix it.
+Database errors reach the application exactly as SQLAlchemy wraps them
+(:class:`sqlalchemy.exc.IntegrityError`, :class:`sqlalchemy.exc.OperationalError`,
+...), with the shard named in the message; every SQLAlchemy exception class is
+importable from here under its own name, so ``except ss.exc.IntegrityError``
+and ``except sqlalchemy.exc.IntegrityError`` catch the same errors.
+
+Errors that exist only because the data lives on several shards or in worker
+processes have classes of their own, each a subclass of the SQLAlchemy class
+with the same meaning: :class:`ShardNotFoundError`, :class:`CrossShardError`,
+:class:`TwoPhaseError`, :class:`WorkerLostError`.  Every message names the
+shard, the object and what to do.
 """
 
 from __future__ import annotations
 
+from sqlalchemy.exc import *  # noqa: F403
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    InvalidRequestError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
 __all__ = [
     "ArgumentError",
     "ClusterError",
-    "CompileError",
     "ConfigurationError",
+    "CrossShardError",
     "DBAPIError",
-    "DataError",
-    "DetachedInstanceError",
-    "IntegrityError",
-    "InterfaceError",
-    "InternalError",
     "InvalidRequestError",
-    "MultipleResultsFound",
-    "NoResultFound",
-    "NotSupportedError",
-    "ObjectDeletedError",
     "OperationalError",
-    "PendingRollbackError",
     "PoolTimeoutError",
     "PortInUseError",
     "PostgresNotFoundError",
-    "ProgrammingError",
+    "SQLAlchemyError",
     "ShardNotFoundError",
     "ShardSessionError",
-    "StaleDataError",
+    "ShardUnreachableError",
     "TwoPhaseCommitPendingWarning",
     "TwoPhaseError",
     "TwoPhaseNotEnabledError",
-    "UnmappedClassError",
-    "UnmappedInstanceError",
     "WorkerLostError",
 ]
 
 
-class ShardSessionError(Exception):
-    """Base class of every error shardsession raises on purpose."""
+class ShardSessionError(SQLAlchemyError):
+    """Base class of the errors that only shardsession raises."""
 
 
-class ArgumentError(ShardSessionError):
-    """A function or constructor was given an argument it cannot use."""
+class ShardNotFoundError(ShardSessionError, InvalidRequestError):
+    """A statement or object names a shard the session does not have, or none can be chosen."""
 
 
-class InvalidRequestError(ShardSessionError):
-    """The request cannot be carried out in the current state (SQLAlchemy's meaning)."""
+class CrossShardError(ShardSessionError, InvalidRequestError):
+    """What was asked needs rows of several shards together (a foreign key across shards,
+    a merge that cannot be exact); the message names the fix."""
 
 
-class CompileError(ShardSessionError):
-    """A SQL expression could not be compiled to PostgreSQL text."""
-
-
-class NoResultFound(InvalidRequestError):
-    """A result that must hold exactly one row (``one()``, ``get_one()``) held none."""
-
-
-class MultipleResultsFound(InvalidRequestError):
-    """A result that must hold at most one row held more."""
-
-
-class PendingRollbackError(InvalidRequestError):
-    """A transaction failed earlier and ``rollback()`` must be called before going on."""
-
-
-class DetachedInstanceError(InvalidRequestError):
-    """An attribute of an object that belongs to no session could not be loaded."""
-
-
-class ObjectDeletedError(InvalidRequestError):
-    """An expired object's row no longer exists on its shard."""
-
-
-class StaleDataError(InvalidRequestError):
-    """An UPDATE or DELETE matched a different number of rows than the flush expected."""
-
-
-class UnmappedInstanceError(InvalidRequestError):
-    """An object that is not an instance of a mapped class was handed to the ORM."""
-
-
-class UnmappedClassError(InvalidRequestError):
-    """A class that is not mapped was handed to the ORM."""
-
-
-class ShardNotFoundError(InvalidRequestError):
-    """A shard id names no shard of the pool, or an object's shard cannot be determined."""
-
-
-class ConfigurationError(ShardSessionError):
-    """The environment or a server is not set up the way shardsession needs."""
+class ConfigurationError(ShardSessionError, ArgumentError):
+    """The shards or the pool are configured in a way that cannot work."""
 
 
 class TwoPhaseNotEnabledError(ConfigurationError):
-    """A PostgreSQL server has ``max_prepared_transactions = 0`` (two-phase commit off)."""
+    """A shard's server has ``max_prepared_transactions = 0``: two-phase commit cannot run."""
 
 
-class ClusterError(ShardSessionError):
-    """The embedded PostgreSQL cluster could not be created, started or stopped."""
+class ShardUnreachableError(ShardSessionError):
+    """A shard's server could not be reached (checks and recovery name the shard)."""
 
 
-class PostgresNotFoundError(ClusterError):
-    """No PostgreSQL server binaries were found on this machine."""
-
-
-class PortInUseError(ClusterError):
-    """The TCP port asked for is already taken by another program."""
-
-
-class WorkerLostError(ShardSessionError):
-    """A worker process died; the transaction it held is gone (committed data is intact)."""
-
-
-class PoolTimeoutError(ShardSessionError, TimeoutError):
-    """No worker of a shard became free within the pool's checkout timeout."""
-
-
-class TwoPhaseError(ShardSessionError):
-    """A two-phase commit could not be completed as asked."""
+class TwoPhaseError(ShardSessionError, InvalidRequestError):
+    """A two-phase commit failed before its decision: every shard was rolled back."""
 
 
 class TwoPhaseCommitPendingWarning(UserWarning):
-    """A decided commit could not yet finish on some shards; recovery will finish it."""
+    """The decision to commit was recorded, but a participant was not reached to finish it;
+    recovery completes it."""
 
 
-class DBAPIError(ShardSessionError):
-    """An error raised by PostgreSQL (through psycopg) while running a statement.
-
-    :ivar sqlstate: the five-character SQLSTATE code PostgreSQL reported, if any.
-    :ivar shard: the name of the shard the statement ran on, if known.
-    :ivar statement: the SQL text that failed, if known.
-    :ivar orig: the original psycopg exception, when it is available in this process.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        sqlstate: str | None = None,
-        shard: str | None = None,
-        statement: str | None = None,
-        orig: BaseException | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.sqlstate = sqlstate
-        self.shard = shard
-        self.statement = statement
-        self.orig = orig
+class WorkerLostError(ShardSessionError):
+    """A worker process died or its reply was lost; the transaction it held is gone."""
 
 
-class InterfaceError(DBAPIError):
-    """The connection to PostgreSQL itself failed (psycopg's ``InterfaceError``)."""
+class ClusterError(ShardSessionError):
+    """The embedded PostgreSQL cluster could not be set up, started or stopped."""
 
 
-class OperationalError(DBAPIError):
-    """PostgreSQL could not run the statement for operational reasons (connection, timeout)."""
+class PostgresNotFoundError(ClusterError):
+    """No PostgreSQL server binaries were found."""
 
 
-class IntegrityError(DBAPIError):
-    """A constraint was violated (unique, foreign key, not null, check)."""
-
-
-class DataError(DBAPIError):
-    """A value was invalid for its type or out of range."""
-
-
-class ProgrammingError(DBAPIError):
-    """The SQL was wrong: unknown table or column, syntax error, wrong parameters."""
-
-
-class InternalError(DBAPIError):
-    """PostgreSQL reported an internal error."""
-
-
-class NotSupportedError(DBAPIError):
-    """PostgreSQL does not support what was asked."""
+class PortInUseError(ClusterError):
+    """The requested port is taken by another program."""

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from shardsession.exc import ConfigurationError, OperationalError, TwoPhaseNotEnabledError
+from shardsession.exc import ConfigurationError, ShardUnreachableError, TwoPhaseNotEnabledError
 
 __all__ = ["check_shard_dsns", "describe_dsn", "named_dsns"]
 
@@ -68,7 +68,7 @@ def check_shard_dsns(
     :returns: shard name -> the server's ``max_prepared_transactions``.
     :raises TwoPhaseNotEnabledError: a server has the setting below ``minimum``;
         the message names the shard, the server and the setting to change.
-    :raises OperationalError: a shard cannot be reached.
+    :raises ShardUnreachableError: a shard cannot be reached.
     """
     found: dict[str, int] = {}
     for shard, dsn in dsns.items():
@@ -76,7 +76,7 @@ def check_shard_dsns(
             with psycopg.connect(dsn, connect_timeout=connect_timeout, autocommit=True) as conn:
                 row = conn.execute("SHOW max_prepared_transactions").fetchone()
         except psycopg.OperationalError as err:
-            raise OperationalError(
+            raise ShardUnreachableError(
                 f"shard {shard!r} ({describe_dsn(dsn)}) cannot be reached: {err}".strip(),
                 shard=shard,
                 sqlstate=getattr(err, "sqlstate", None),

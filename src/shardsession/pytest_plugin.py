@@ -5,9 +5,9 @@ makes these available to any suite:
 
 Fixtures
     ``shard_dsns`` (session scope): this process's shard databases, a dict shard
-    name -> DSN.  ``shard_pool`` (session scope): a
-    :class:`~shardsession.workers.pool.WorkerPool` over them, two workers per
-    shard, closed at the end of the run.  ``session`` (function scope): a Session
+    name -> DSN.  ``shard_pool`` (session scope): a :class:`~shardsession.ShardSet`
+    over them (one engine per shard, two workers each kept in its pool), closed at
+    the end of the run.  ``session`` (function scope): a Session
     over ``shard_pool``, closed and its shards emptied after the test.
     ``clean_shards`` (function scope):
     empties every table of every shard before and after the test and returns
@@ -42,7 +42,6 @@ import pytest
 
 from shardsession.embedded import LocalCluster
 from shardsession.testing import TestDatabases
-from shardsession.workers.pool import WorkerPool, create_pool
 
 _RUN_PATH = "shardsession_run_path"
 _STATE = pytest.StashKey["_RunState"]()
@@ -168,8 +167,11 @@ def shard_dsns(_shardsession_databases: TestDatabases) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def shard_pool(shard_dsns: dict[str, str]) -> Iterator[WorkerPool]:
-    """A worker pool over this process's shard databases (session scope)."""
+def shard_pool(shard_dsns: dict[str, str]) -> Iterator[Any]:
+    """The shards of this process as a :class:`~shardsession.ShardSet` (session scope):
+    one engine per shard, two workers each kept in its pool."""
+    from shardsession import create_pool
+
     pool = create_pool(shard_dsns, workers_per_shard=2)
     try:
         yield pool
@@ -178,12 +180,12 @@ def shard_pool(shard_dsns: dict[str, str]) -> Iterator[WorkerPool]:
 
 
 @pytest.fixture
-def session(shard_pool: WorkerPool, _shardsession_databases: TestDatabases) -> Iterator[Any]:
-    """A :class:`~shardsession.coordinator.session.Session` over ``shard_pool``.
+def session(shard_pool: Any, _shardsession_databases: TestDatabases) -> Iterator[Any]:
+    """A :class:`~shardsession.Session` over ``shard_pool``.
 
     Rolled back and closed after the test, and every shard's tables emptied.
     """
-    from shardsession.coordinator.session import Session
+    from shardsession import Session
 
     sess = Session(shard_pool)
     try:

@@ -7,16 +7,30 @@ means COMMIT PREPARED.  With no record, and once the transaction is older than a
 grace period, recovery records ``abort`` there first (presumed abort) -- which
 blocks behind, and then loses to, a coordinator still writing its commit
 record -- and then runs ROLLBACK PREPARED.  COMMIT/ROLLBACK PREPARED run from a
-connection to the database that holds the transaction.  Decision records are
-pruned once no participant of theirs is still prepared.  Several recoverers
+connection to the database that holds the transaction.  Several recoverers
 (processes or machines) may run at once: each shard is handled under an
 advisory lock, and a shard whose lock is held is skipped this round.
+
+A ``commit`` record is pruned only when it is safe to forget, all of:
+
+* it is stamped before its shard's cutoff, a ``clock_timestamp()`` read on the
+  commit point before *any* shard is listed.  Its participants were prepared
+  before the stamp (:data:`~shardsession.twophase.DECISION_SQL`), hence before
+  every listing: a participant still prepared cannot have been missed;
+* it lists its participant shards, and every one of them was listed in this run
+  (a run over some of the shards cannot see the others' prepared transactions);
+* no participant of its transaction is still prepared on those shards.
+
+Records with no participants (written before the column was filled) are kept:
+nothing shows where their transaction may still be prepared.  ``abort`` records
+are never pruned: each is the fence that makes a stalled coordinator's late
+``commit`` record fail on the primary key, after recovery rolled its participants back.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +52,8 @@ class RecoveryReport:
     :ivar rolled_back: gids rolled back (no decision: presumed abort).
     :ivar waiting: gids left alone: younger than the grace period, or undecidable now
         (commit point unreachable).
-    :ivar pruned: decision records deleted because nothing of theirs is prepared any more.
+    :ivar pruned: ``commit`` records deleted: every participant shard was listed in this
+        run and none of them still holds the transaction prepared.
     :ivar skipped_shards: shards another recoverer was working on.
     :ivar errors: shard -> message, for shards that could not be reached.
     :ivar dry_run: whether this was a dry run (nothing was changed).
@@ -92,8 +107,8 @@ def settle_decision(dsn: str, global_id: str, *, presume_abort: bool, dry_run: b
         conn.execute("SET lock_timeout = '10s'")
         try:
             conn.execute(
-                f"INSERT INTO {COMMIT_LOG} (gid, outcome) VALUES (%s, 'abort') "
-                "ON CONFLICT (gid) DO NOTHING",
+                f"INSERT INTO {COMMIT_LOG} (gid, outcome, decided_at) "
+                "VALUES (%s, 'abort', clock_timestamp()) ON CONFLICT (gid) DO NOTHING",
                 (global_id,),
             )
         except psycopg.errors.LockNotAvailable:
@@ -105,25 +120,34 @@ def settle_decision(dsn: str, global_id: str, *, presume_abort: bool, dry_run: b
 
 
 def recover(
-    dsns: Mapping[str, str], *, older_than: float = 10.0, dry_run: bool = False
+    dsns: Mapping[str, str],
+    *,
+    older_than: float = 10.0,
+    dry_run: bool = False,
+    after_listing: Callable[[], object] | None = None,
 ) -> RecoveryReport:
     """Settle every in-doubt shardsession transaction on ``dsns`` (shard -> DSN).
 
-    :param dsns: every shard of the pool, by the name the pool gives it: a
-        transaction's commit point is found by its shard name.
+    :param dsns: the shards to examine, by the name the pool gives them: a
+        transaction's commit point is found by its shard name.  A run over only
+        some of the shards settles what it finds there but prunes no decision
+        naming a shard it did not list.
     :param older_than: seconds a prepared transaction without a decision must have
         existed before it is presumed aborted.
     :param dry_run: report what would be done, change nothing.
+    :param after_listing: testing hook, not for applications: called once every
+        shard has been listed and before anything is settled or pruned, so a test
+        can commit a transaction that races this run.
     :returns: a :class:`RecoveryReport` of what was done (or would be).
     """
     report = RecoveryReport(dry_run=dry_run)
-    # Taken before any listing: a decision recorded before its shard's cutoff had
-    # all its participants prepared before the listing, so the listing sees them.
+    # Every cutoff is read before the first listing: a commit record stamped before
+    # its shard's cutoff had all its participants prepared before any listing.
     cutoff: dict[str, Any] = {}
     for shard, dsn in dsns.items():
         with contextlib.suppress(psycopg.OperationalError), _connect(dsn) as conn:
             cutoff[shard] = conn.execute("SELECT clock_timestamp()").fetchone()[0]
-    prepared: dict[str, list[tuple[str, float]]] = {}
+    prepared: dict[str, list[tuple[str, float]]] = {}  # only the shards listed
     for shard, dsn in dsns.items():
         try:
             with _connect(dsn) as conn:
@@ -136,6 +160,8 @@ def recover(
                 ]
         except psycopg.OperationalError as err:
             report.errors[shard] = str(err).strip()
+    if after_listing is not None:
+        after_listing()
     still_prepared: set[str] = set()
     for shard, items in prepared.items():
         try:
@@ -150,8 +176,8 @@ def recover(
         except psycopg.OperationalError as err:
             report.errors[shard] = str(err).strip()
             still_prepared.update(g for g, _ in items)
-    if not dry_run and not report.errors:
-        report.pruned = _prune(dsns, still_prepared, cutoff)
+    if not dry_run:
+        report.pruned = _prune(dsns, cutoff, set(prepared), still_prepared)
     return report
 
 
@@ -189,9 +215,20 @@ def _settle(
     return True
 
 
-def _prune(dsns: Mapping[str, str], still_prepared: set[str], cutoff: Mapping[str, Any]) -> int:
-    """Delete decision records (older than the cutoff) none of whose participants is prepared."""
-    live = {p.global_id for g in still_prepared if (p := parse_gid(g)) is not None}
+def _prune(
+    dsns: Mapping[str, str],
+    cutoff: Mapping[str, Any],
+    listed: set[str],
+    still_prepared: set[str],
+) -> int:
+    """Delete the ``commit`` records that are safe to forget (see the module docstring).
+
+    :param cutoff: shard -> its clock before any shard was listed (shards without
+        one are not pruned).
+    :param listed: the shards whose prepared transactions were listed in this run.
+    :param still_prepared: participant gids left prepared on those shards.
+    """
+    live = sorted({p.global_id for g in still_prepared if (p := parse_gid(g)) is not None})
     pruned = 0
     for shard, dsn in dsns.items():
         if shard not in cutoff:
@@ -199,9 +236,10 @@ def _prune(dsns: Mapping[str, str], still_prepared: set[str], cutoff: Mapping[st
         with contextlib.suppress(psycopg.OperationalError), _connect(dsn) as conn:
             conn.execute(COMMIT_LOG_DDL)
             rows = conn.execute(
-                f"DELETE FROM {COMMIT_LOG} WHERE decided_at < %s "
-                "AND NOT (gid = ANY(%s)) RETURNING gid",
-                (cutoff[shard], sorted(live)),
+                f"DELETE FROM {COMMIT_LOG} WHERE outcome = 'commit' AND decided_at < %s "
+                "AND cardinality(participants) > 0 AND participants <@ %s::text[] "
+                "AND NOT (gid = ANY(%s::text[])) RETURNING gid",
+                (cutoff[shard], sorted(listed), live),
             ).fetchall()
             pruned += len(rows)
     return pruned

@@ -31,6 +31,7 @@ from shardsession.exc import TwoPhaseError
 __all__ = [
     "COMMIT_LOG",
     "COMMIT_LOG_DDL",
+    "DECISION_SQL",
     "GID_PREFIX",
     "MAX_SHARD_NAME",
     "ParsedGid",
@@ -52,6 +53,17 @@ _COMMIT_LOG_CREATE = (
 COMMIT_LOG_DDL = (
     f"DO $ss$ BEGIN IF to_regclass('{COMMIT_LOG}') IS NULL THEN "
     f"EXECUTE $ddl${_COMMIT_LOG_CREATE}$ddl$; END IF; END $ss$"
+)
+#: The commit decision, written by the commit point's own transaction just before it
+#: commits.  ``decided_at`` is the clock at the insert, not the transaction's start
+#: (``now()``): recovery prunes only decisions stamped before its listing, and every
+#: participant of such a decision was prepared before the stamp.  Parameters:
+#: the global id and the shard names of every prepared participant: recovery prunes
+#: the record only once each shard named was listed and none still holds the
+#: transaction prepared (an empty list keeps the record for good).
+DECISION_SQL = (
+    f"INSERT INTO {COMMIT_LOG} (gid, outcome, participants, decided_at) "
+    "VALUES (%s, 'commit', %s, clock_timestamp())"
 )
 _MAX_GID = 200  # PostgreSQL's limit for a prepared transaction's name
 #: longest shard name (bytes) a pool accepts: with the longest coordinator id and

@@ -1,73 +1,63 @@
-"""Models used by the Session tests."""
+"""Models shared by the coordinator tests (plain SQLAlchemy declarative)."""
 
 from __future__ import annotations
 
-from shardsession.orm import DeclarativeBase, Mapped, mapped_column, relationship
-from shardsession.sql import BigInteger, ForeignKey, String
+from sqlalchemy import Float, ForeignKey, Integer, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
 class Base(DeclarativeBase):
     pass
 
 
+class Tenant(Base):
+    """Keyed by its own id; users follow their tenant."""
+
+    __tablename__ = "co_tenant"
+    __shard_key__ = "id"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(String(40))
+    users: Mapped[list[User]] = relationship(
+        back_populates="tenant", order_by="User.id", cascade="all, delete-orphan"
+    )
+
+
+class User(Base):
+    """No shard key: lives with its tenant."""
+
+    __tablename__ = "co_user"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("co_tenant.id"))
+    name: Mapped[str] = mapped_column(String(40))
+    tenant: Mapped[Tenant] = relationship(back_populates="users")
+
+
+class Item(Base):
+    """Sharded rows for the merge tests, keyed by their id."""
+
+    __tablename__ = "co_item"
+    __shard_key__ = "id"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    x: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(40))
+    val: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class Node(Base):
+    """Self-referential, no shard key: a tree lives on one shard."""
+
+    __tablename__ = "co_node"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("co_node.id"))
+    name: Mapped[str] = mapped_column(String(40))
+    children: Mapped[list[Node]] = relationship(back_populates="parent")
+    parent: Mapped[Node | None] = relationship(back_populates="children", remote_side=[id])
+
+
 class Account(Base):
-    __tablename__ = "acct"
-    __shard_key__ = "tenant_id"
+    """Bank accounts keyed by id, for two-phase commit tests."""
 
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    tenant_id: Mapped[int]
-    owner: Mapped[str] = mapped_column(String(50))
-    balance: Mapped[int] = mapped_column(default=0)
-
-
-class Customer(Base):
-    __tablename__ = "customer"
-    __shard_key__ = "tenant_id"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    tenant_id: Mapped[int]
-    name: Mapped[str]
-    orders: Mapped[list[Order]] = relationship(
-        back_populates="customer", cascade="all, delete-orphan", order_by="Order.id"
-    )
-    # no back-reference: the flush alone must fill Note.customer_id
-    notes: Mapped[list[Note]] = relationship(order_by="Note.id")
-
-
-class Order(Base):
-    __tablename__ = "orders"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    customer_id: Mapped[int] = mapped_column(ForeignKey("customer.id"))
-    amount: Mapped[int]
-    note: Mapped[str | None]
-    customer: Mapped[Customer] = relationship(back_populates="orders")
-
-
-class Project(Base):
-    __tablename__ = "project"
-    __shard_key__ = "tenant_id"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    tenant_id: Mapped[int]
-    name: Mapped[str]
-    tasks: Mapped[list[Task]] = relationship(
-        back_populates="project", lazy="selectin", order_by="Task.id"
-    )
-
-
-class Task(Base):
-    __tablename__ = "task"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    project_id: Mapped[int] = mapped_column(ForeignKey("project.id"))
-    title: Mapped[str]
-    project: Mapped[Project] = relationship(back_populates="tasks")
-
-
-class Note(Base):
-    __tablename__ = "note"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    customer_id: Mapped[int | None] = mapped_column(ForeignKey("customer.id"))
-    text: Mapped[str]
+    __tablename__ = "co_account"
+    __shard_key__ = "id"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    balance: Mapped[int] = mapped_column(Integer, default=0)

@@ -51,21 +51,34 @@ def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[st
 
 
 SHARED_DSN_EXAMPLES = [
-    ("routing.py", ["acme lives on {'s", "Asia: [('Seoul', 's1'), ('Tokyo', 's1')]"]),
+    (
+        "routing.py",
+        [
+            "acme lives on {'s",
+            "refused: no shard named 's9'",
+            "Asia: [('Seoul', 's1'), ('Tokyo', 's1')]",
+        ],
+    ),
     (
         "cross_shard.py",
         [
             "teams with more than 250 points: [('blue', 10, 265), ('red', 10, 255)]",
             "refused: count(DISTINCT",
+            "refused: a textual SELECT using 'ORDER BY'",
+            "refused: UNION / INTERSECT / EXCEPT",
+            "refused: rank() OVER",
+            "refused: aggregates grouped with whole ORM entities",
+            "refused: string_agg(",
             "badge ids: [(1, 'first'), (1, 'second')]",
-            "refused: Cannot link",
+            "refused: Badge.player links a Badge on shard",
         ],
     ),
     (
         "two_phase.py",
         [
             "after the transfer: account 1 has 70, ",
-            "SQLSTATE 23514",
+            "SQLSTATE 23514: [shard '",
+            "refused: PREPARE TRANSACTION failed on shard",
             "recovery rolled back: ['ss_",
         ],
     ),

@@ -18,13 +18,14 @@ from shardsession.demo.workload import (
     check_invariant,
     generate,
     load,
+    open_shards,
     plan_transfers,
     rows_per_shard,
     run_queries,
     run_transfers,
 )
 from shardsession.embedded import LocalCluster, default_cluster_path
-from shardsession.exc import ArgumentError
+from shardsession.exc import ConfigurationError
 from shardsession.preflight import named_dsns
 
 __all__ = ["DEMO_SHARDS", "QUICK", "DemoOptions", "default_demo_path", "parse_dsns", "run_demo"]
@@ -43,12 +44,12 @@ def default_demo_path() -> Path:
 def parse_dsns(items: list[str]) -> dict[str, str]:
     """``["s0=DSN", ...]`` -> ``{"s0": "DSN"}``; every item must name its shard.
 
-    :raises ConfigurationError: for an item without a name or a repeated name.
-    :raises ArgumentError: for fewer than two shards (transfers need two).
+    :raises ConfigurationError: for an item without a name, a repeated name, or
+        fewer than two shards (transfers need two).
     """
     out = named_dsns(items, names_required=True, why="(give every shard its name)")
     if len(out) < 2:
-        raise ArgumentError("the demo needs at least two shards: give --dsn for each of them")
+        raise ConfigurationError("the demo needs at least two shards: give --dsn for each of them")
     return out
 
 
@@ -71,7 +72,7 @@ def run_demo(options: DemoOptions, reporter: Reporter) -> dict[str, Any]:
     sizes = options.sizes
     cluster: LocalCluster | None = None
     info: dict[str, Any] = {"external": options.dsns is not None, "path": None}
-    pool = None
+    shards = None
     try:
         if options.dsns is not None:
             dsns = dict(options.dsns)
@@ -94,8 +95,8 @@ def run_demo(options: DemoOptions, reporter: Reporter) -> dict[str, Any]:
         info["settled_before"] = settled
         # A statement timeout, so that a lock someone else holds on the demo tables
         # makes an error instead of a hang.
-        pool = ss.create_pool(
-            dsns, workers_per_shard=1, recovery_interval=None, statement_timeout=60
+        shards = open_shards(
+            dsns, pool_size=1, max_overflow=3, statement_timeout=60, recovery_interval=None
         )
         data = generate(sizes, list(dsns), seed=options.seed)
         plan_transfers(data, sizes)  # too few users for the transfers: say so now
@@ -105,11 +106,11 @@ def run_demo(options: DemoOptions, reporter: Reporter) -> dict[str, Any]:
             f"{len(data.users):,} users, {len(data.orders):,} orders",
             rows,
         ) as bar:
-            loaded = load(pool, data, advance=lambda n: bar.update(advance=n))
-        loaded["rows_per_shard"] = rows_per_shard(pool)
+            loaded = load(shards, data, advance=lambda n: bar.update(advance=n))
+        loaded["rows_per_shard"] = rows_per_shard(shards)
 
         reporter.step("running cross-shard queries")
-        queries = run_queries(pool, data)
+        queries = run_queries(shards, data)
         for q in queries:
             if not q.matches:
                 reporter.event(f"{q.name}: got {q.result!r}, expected {q.expected!r}")
@@ -118,12 +119,12 @@ def run_demo(options: DemoOptions, reporter: Reporter) -> dict[str, Any]:
 
         reporter.step("running recovery (older than 0 s: the transfer processes are gone)")
         report = ss.recover(dsns, older_than=0)
-        invariant = check_invariant(pool, data)
-        pool.close()
-        pool = None
+        invariant = check_invariant(shards, data)
+        shards.close()
+        shards = None
     finally:
-        if pool is not None:
-            pool.close()
+        if shards is not None:
+            shards.close()
         if cluster is not None and not options.keep:
             with contextlib.suppress(Exception):
                 info["stopped"] = cluster.stop()

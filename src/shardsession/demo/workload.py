@@ -31,11 +31,18 @@ from decimal import Decimal
 from typing import Any
 
 import psycopg
+from sqlalchemy import event, func, select
+from sqlalchemy.exc import OperationalError
 
-from shardsession.coordinator.routing import shard_for_key
+import shardsession as ss
 from shardsession.demo.schema import Base, Order, Tenant, User
-from shardsession.exc import ArgumentError, ShardSessionError, TwoPhaseCommitPendingWarning
-from shardsession.sql import desc, func, select
+from shardsession.exc import (
+    ConfigurationError,
+    ShardSessionError,
+    TwoPhaseCommitPendingWarning,
+    TwoPhaseError,
+    WorkerLostError,
+)
 
 __all__ = [
     "CRASH_POINTS",
@@ -121,8 +128,26 @@ def generate(sizes: Sizes, shards: Sequence[str], seed: int = 2024) -> DemoData:
         uid, tid, _, _ = users[rnd.randrange(len(users))]
         status = rnd.choices(STATUSES, _STATUS_WEIGHTS)[0]
         orders.append((oid, tid, uid, status, rnd.randint(100, 99_999)))
-    shard_of = {t: shard_for_key(t, list(shards)) for t, _, _ in tenants}
+    shard_of = {t: ss.shard_for_key(list(shards), t) for t, _, _ in tenants}
     return DemoData(tenants, users, orders, shard_of)
+
+
+# -- shards ----------------------------------------------------------------------------
+
+
+def open_shards(dsns: Mapping[str, str], **options: Any) -> ss.ShardSet:
+    """``ss.create_shards(dsns, **options)``, with every shard's DSN known to the ShardSet.
+
+    The session's two-phase commit settles a lost commit decision by connecting to
+    the commit point with ``ShardSet.dsns``.  shardsession 0.2.0 leaves those empty
+    for shards given as DSNs (it reads them from the engines' URLs, while the DSN
+    travels in ``connect_args``), so they are filled in from ``dsns`` here.
+    """
+    shards = ss.create_shards(dsns, **options)
+    for shard, dsn in dsns.items():
+        if not shards.dsns.get(shard):
+            shards.dsns[shard] = dsn
+    return shards
 
 
 # -- loading ---------------------------------------------------------------------------
@@ -146,7 +171,7 @@ def _batches(data: DemoData, rows_per_batch: int) -> Iterator[list[int]]:
 
 
 def load(
-    pool: Any,
+    shards: ss.ShardSet,
     data: DemoData,
     advance: Callable[[int], None] = lambda n: None,
     rows_per_batch: int | None = None,
@@ -161,11 +186,9 @@ def load(
     :param rows_per_batch: about how many rows a commit writes (default: a tenth
         of them, at least 100 and at most 1,500).
     """
-    from shardsession import Session
-
     started = time.perf_counter()
-    Base.metadata.drop_all(pool)
-    Base.metadata.create_all(pool)
+    Base.metadata.drop_all(shards)
+    Base.metadata.create_all(shards)
     users_of: dict[int, list[tuple[int, int, str, int]]] = collections.defaultdict(list)
     for row in data.users:
         users_of[row[1]].append(row)
@@ -192,7 +215,7 @@ def load(
                 objects.append(user)
                 count += 1 + len(user.orders)
             count += 1
-        with Session(pool) as session:
+        with ss.Session(shards) as session:
             session.add_all(objects)
             session.commit()
         batches += 1
@@ -210,13 +233,11 @@ def load(
     }
 
 
-def rows_per_shard(pool: Any) -> dict[str, dict[str, int]]:
+def rows_per_shard(shards: ss.ShardSet) -> dict[str, dict[str, int]]:
     """How many tenants, users and orders each shard holds (one query per shard)."""
-    from shardsession import Session
-
     out: dict[str, dict[str, int]] = {}
-    with Session(pool) as session:
-        for shard in pool.shards:
+    with ss.Session(shards) as session:
+        for shard in shards:
             pin = {"shard_id": shard}
             out[shard] = {
                 "tenants": session.scalar(select(func.count(Tenant.id)), bind_arguments=pin),
@@ -262,11 +283,9 @@ def _avg(total: int, count: int) -> str:
     return f"{Decimal(total) / Decimal(count):,.2f}" if count else "-"
 
 
-def run_queries(pool: Any, data: DemoData) -> list[QueryResult]:
+def run_queries(shardset: ss.ShardSet, data: DemoData) -> list[QueryResult]:
     """Run the demo's queries; each answer is compared with the expected one."""
-    from shardsession import Session
-
-    shards = list(pool.shards)
+    shards = list(shardset)
     region_of = {t: r for t, _, r in data.tenants}
     out: list[QueryResult] = []
 
@@ -279,7 +298,7 @@ def run_queries(pool: Any, data: DemoData) -> list[QueryResult]:
         out.append(QueryResult(name, where, result, expected, ms, show(result)))
 
     every = f"all {len(shards)} shards"
-    with Session(pool) as session:
+    with ss.Session(shardset) as session:
         # top-N: every shard sorts and limits, the coordinator merges the sorted streams
         top = sorted(data.orders, key=lambda o: (-o[4], o[0]))[:5]
         timed(
@@ -337,15 +356,16 @@ def run_queries(pool: Any, data: DemoData) -> list[QueryResult]:
         for o in data.orders:
             revenue[o[1]] += o[4]
         best = sorted(revenue.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+        tenant_revenue = func.sum(Order.amount).label("revenue")
         timed(
             "top 3 tenants by revenue",
             every,
             lambda: [
                 [tid, int(total)]
                 for tid, total in session.execute(
-                    select(Order.tenant_id, func.sum(Order.amount).label("revenue"))
+                    select(Order.tenant_id, tenant_revenue)
                     .group_by(Order.tenant_id)
-                    .order_by(desc("revenue"), Order.tenant_id)
+                    .order_by(tenant_revenue.desc(), Order.tenant_id)
                     .limit(3)
                 )
             ],
@@ -393,6 +413,14 @@ def run_queries(pool: Any, data: DemoData) -> list[QueryResult]:
 
 # -- transfers: the child process ------------------------------------------------------
 
+#: Errors after which a transfer is rolled back and retried: a worker killed under a
+#: statement (SQLAlchemy's OperationalError, the shard named in the message), a failed
+#: two-phase commit (TwoPhaseError) or a lost worker (WorkerLostError).
+_RETRIED = (OperationalError, TwoPhaseError, WorkerLostError)
+#: The grace period of the recovery a transfer process runs itself: long enough that
+#: it never presumes aborted a commit another process is still making.
+_OWN_RECOVERY_GRACE = 600.0
+
 
 @dataclass
 class _Child:
@@ -404,11 +432,14 @@ class _Child:
     killed: Any
     kill_stage: str
     parent: int = 0
-    pool: Any = None
+    shards: Any = None  # this process's ShardSet
+    workers: set[int] = field(default_factory=set)  # every worker it started
     counts: collections.Counter[str] = field(default_factory=collections.Counter)
     errors: collections.Counter[str] = field(default_factory=collections.Counter)
     kill: dict[str, Any] | None = None
     pair: tuple[str, str] = ("", "")  # shards of the transfer in progress
+    pids: dict[str, int] = field(default_factory=dict)  # ... and the workers it uses there
+    committing: bool = False  # the transfer in progress has reached its second phase
     crash_point: str | None = None
 
     def check_parent(self) -> None:
@@ -418,8 +449,7 @@ class _Child:
 
     def request_kill(self, shard: str, stage: str) -> None:
         """Ask the parent to SIGKILL this process's worker of ``shard``; wait until it has."""
-        pids = self.pool.worker_pids()[shard]
-        self.kill = {"stage": stage, "shard": shard, "pid": pids[0], "outcome": None}
+        self.kill = {"stage": stage, "shard": shard, "pid": self.pids[shard], "outcome": None}
         self.events.put(("kill", self.index, dict(self.kill)))
         deadline = time.monotonic() + 30
         while not self.killed.wait(0.5):
@@ -428,24 +458,72 @@ class _Child:
                 self.kill["outcome"] = "the parent did not kill the worker in time"
                 return
 
-    def hook(self, point: str) -> None:
-        """The session's crash hook: kill a worker after PREPARE, or crash here."""
-        if point == self.crash_point:
+    def after_prepare(self) -> None:
+        """Every shard of the commit in progress is prepared; its decision comes next.
+
+        Crash here, or have a worker killed: the commit point's (the first written
+        shard by name, where the decision is recorded) or the prepared participant's.
+        """
+        if self.crash_point == "after_prepare":
             os._exit(_CRASH_EXIT)
-        if point == "after_prepare" and self.kill is None and self.kill_now.is_set():
+        if self.kill is None and self.kill_now.is_set():
             commit_point, participant = sorted(self.pair)
             if self.kill_stage == "prepared-commit-point":
                 self.request_kill(commit_point, self.kill_stage)
             elif self.kill_stage == "prepared-participant":
                 self.request_kill(participant, self.kill_stage)
 
+    def after_decision(self) -> None:
+        """The commit decision of the commit in progress is recorded: crash here if asked."""
+        if self.crash_point == "after_decision":
+            os._exit(_CRASH_EXIT)
+
+
+def _worker_pid(session: Any, shard: str) -> int:
+    """The pid of the worker process that serves ``session`` on ``shard``."""
+    connection = session.connection(bind_arguments={"shard_id": shard})
+    return int(connection.connection.dbapi_connection.pid)
+
+
+def _install_fault_points(child: _Child) -> None:
+    """Have this process's two-phase commits call ``child.after_prepare`` / ``after_decision``.
+
+    ``after_prepare`` comes from SQLAlchemy's ``commit_twophase`` connection event:
+    the session prepares every shard, then commits them one by one, and the first
+    commit call is where shardsession records the decision.  There is no public
+    hook between the decision and ``COMMIT PREPARED``, so for ``after_decision``
+    the coordinator's step that finishes a decided commit is wrapped, in this
+    (throw-away) process only.
+    """
+    from shardsession.coordinator.twophase import CommitCoordinator
+
+    def on_commit_twophase(conn: Any, xid: Any, is_prepared: bool) -> None:
+        if not child.committing:
+            child.committing = True
+            child.after_prepare()
+
+    def on_connect(dbapi_connection: Any, record: Any) -> None:
+        child.workers.add(int(dbapi_connection.pid))
+
+    for engine in child.shards.values():
+        event.listen(engine, "commit_twophase", on_commit_twophase)
+        event.listen(engine, "connect", on_connect)
+
+    finish = CommitCoordinator._finish
+
+    def finish_after_decision(self: Any, *, commit: bool) -> None:
+        if commit:
+            child.after_decision()
+        finish(self, commit=commit)
+
+    CommitCoordinator._finish = finish_after_decision  # type: ignore[method-assign]
+
 
 def _transfer(child: _Child, a: int, b: int, shard_of: Mapping[int, str], amount: int) -> str:
     """Move ``amount`` from user ``a`` to user ``b``: ``committed`` or ``skipped``."""
-    from shardsession import Session
-
     child.pair = (shard_of[a], shard_of[b])
-    session = Session(child.pool)
+    child.committing = False
+    session = ss.Session(child.shards)
     try:
         rows = {}
         for uid in sorted((a, b)):  # always lock in id order: no deadlock across shards
@@ -456,6 +534,8 @@ def _transfer(child: _Child, a: int, b: int, shard_of: Mapping[int, str], amount
         if source.balance < amount:
             session.rollback()
             return "skipped"
+        # the workers that hold the two rows locked: the kills aim at them
+        child.pids = {shard: _worker_pid(session, shard) for shard in child.pair}
         if child.kill is None and child.kill_stage == "locked" and child.kill_now.is_set():
             child.request_kill(shard_of[a], "locked")
         source.balance -= amount
@@ -464,7 +544,12 @@ def _transfer(child: _Child, a: int, b: int, shard_of: Mapping[int, str], amount
             warnings.simplefilter("always", TwoPhaseCommitPendingWarning)
             session.commit()
         if any(issubclass(w.category, TwoPhaseCommitPendingWarning) for w in caught):
+            # Committed (the decision is recorded), but a shard whose worker died
+            # still holds its part prepared, rows locked: finish it now, as the
+            # warning says, instead of holding up every transfer that needs them.
             child.counts["left_to_recovery"] += 1
+            finished = ss.recover(child.shards.dsns, older_than=_OWN_RECOVERY_GRACE)
+            child.counts["finished_by_own_recovery"] += len(finished.committed)
         return "committed"
     except BaseException:
         with contextlib.suppress(Exception):
@@ -489,7 +574,7 @@ def transfer_process(
     kill_now: Any,
     killed: Any,
 ) -> None:
-    """One transfer process: its own pool and sessions, moving money between users.
+    """One transfer process: its own shards (worker pools) and sessions, moving money.
 
     Runs transfers between users on different shards for ``seconds`` after ``go``
     is set.  Once ``kill_now`` is set, the next transfer reaching ``kill_stage``
@@ -501,26 +586,27 @@ def transfer_process(
     leaving a prepared transaction for recovery.  Reports go to ``events`` as
     ``(kind, index, info)`` tuples.
     """
-    import shardsession as ss
-    from shardsession.coordinator import transaction
-
     parent = os.getppid()
     child = _Child(index, events, kill_now, killed, kill_stage, parent=parent)
     try:
-        child.pool = ss.create_pool(
+        child.shards = open_shards(
             dsns,
-            workers_per_shard=1,
-            recovery_interval=None,  # the demo runs recovery itself, at the end
+            pool_size=1,
+            max_overflow=2,
             statement_timeout=10,
-            checkout_timeout=30,
-            monitor_interval=0.2,
+            pool_timeout=30,
+            recovery_interval=None,  # the demo runs recovery itself, at the end
         )
-    except ShardSessionError as err:
+        _install_fault_points(child)
+        with ss.Session(child.shards) as session:  # start a worker on every shard
+            pids = {shard: _worker_pid(session, shard) for shard in child.shards}
+    except (*_RETRIED, ShardSessionError) as err:
         events.put(("failed", index, f"{type(err).__name__}: {err}"))
+        if child.shards is not None:
+            child.shards.close()
         return
     try:
-        transaction.crash_hook = child.hook
-        done = _transfer_loop(child, accounts, reserved, seconds, seed, go)
+        done = _transfer_loop(child, accounts, pids, seconds, seed, go)
         done["crash"] = crash_point
         events.put(("done", index, done))
         if crash_point is not None and reserved:
@@ -528,7 +614,7 @@ def transfer_process(
             events.join_thread()  # what was put must reach the parent before the crash
             child.crash_point = crash_point
             shard_of = dict(reserved)
-            with contextlib.suppress(ShardSessionError):
+            with contextlib.suppress(*_RETRIED):
                 _transfer(child, reserved[0][0], reserved[1][0], shard_of, 1)
             os._exit(_NO_CRASH)  # not reached: the commit crashes at crash_point
     except _ParentGone:
@@ -537,17 +623,17 @@ def transfer_process(
         events.put(("error", index, traceback.format_exc()))
         raise
     finally:
-        child.pool.close()
+        child.shards.close()
 
 
 class _ParentGone(Exception):
-    """The demo process went away: stop (the pool's workers follow by themselves)."""
+    """The demo process went away: stop (the workers follow by themselves)."""
 
 
 def _transfer_loop(
     child: _Child,
     accounts: list[tuple[int, str]],
-    reserved: list[tuple[int, str]] | None,
+    pids: dict[str, int],
     seconds: float,
     seed: int,
     go: Any,
@@ -557,7 +643,7 @@ def _transfer_loop(
     ids = [uid for uid, _ in accounts]
     others = {s: [uid for uid, t in accounts if t != s] for s in set(shard_of.values())}
     rnd = random.Random(seed)
-    child.events.put(("ready", child.index, child.pool.worker_pids()))
+    child.events.put(("ready", child.index, pids))
     while not go.wait(0.5):
         child.check_parent()
     deadline = time.monotonic() + seconds
@@ -573,19 +659,22 @@ def _transfer_loop(
         b = rnd.choice(others[shard_of[a]])
         amount = rnd.randint(1, 300)
         for _attempt in range(5):
+            pending = child.counts["left_to_recovery"]
             try:
                 outcome = _transfer(child, a, b, shard_of, amount)
-            except ShardSessionError as err:
+            except _RETRIED as err:
                 child.counts["retried"] += 1
                 child.errors[type(err).__name__] += 1
                 if child.kill is not None and child.kill["outcome"] is None:
                     child.kill["outcome"] = f"{type(err).__name__}: rolled back, retried"
-                    child.kill["error"] = str(err)
+                    child.kill["error"] = str(err).strip().splitlines()[0]
                 continue
             child.counts[outcome] += 1
             if child.kill is not None:
                 if child.kill["outcome"] is None:
                     child.kill["outcome"] = f"{outcome} anyway"
+                    if child.counts["left_to_recovery"] > pending:
+                        child.kill["outcome"] += ", its shard finished by recovery"
                 after_kill += outcome == "committed"
             break
         else:
@@ -599,7 +688,7 @@ def _transfer_loop(
         "errors": dict(child.errors),
         "kill": child.kill,
         "committed_after_kill": after_kill,
-        "workers": [pid for pids in child.pool.worker_pids().values() for pid in pids],
+        "workers": sorted(child.workers),
     }
 
 
@@ -691,7 +780,7 @@ def plan_transfers(
 
     :returns: ``(accounts, reserved)``: ``(user id, shard)`` of the users to move
         money between, and one pair of them per crash.
-    :raises ArgumentError: when there are too few users on too few shards.
+    :raises ConfigurationError: when there are too few users on too few shards.
     """
     shard_of_user = {u[0]: data.shard_of_tenant[u[1]] for u in data.users}
     crashers = min(sizes.processes, len(CRASH_POINTS))
@@ -713,7 +802,7 @@ def plan_transfers(
         reserved.append([(a, shard_of_user[a]), (b, shard_of_user[b])])
     accounts = [(u[0], shard_of_user[u[0]]) for u in data.users if u[0] not in taken]
     if len(reserved) < crashers or len({s for _, s in accounts}) < 2:
-        raise ArgumentError(
+        raise ConfigurationError(
             f"the transfers need users on at least two shards, also after setting "
             f"{2 * crashers} aside for the crashes; {len(data.tenants)} tenant(s) with "
             f"{len(data.users)} user(s) are too few: give more --tenants and --users"
@@ -863,22 +952,20 @@ class _Reports:
 # -- the invariant ---------------------------------------------------------------------
 
 
-def check_invariant(pool: Any, data: DemoData) -> dict[str, Any]:
+def check_invariant(shards: ss.ShardSet, data: DemoData) -> dict[str, Any]:
     """What must hold after the transfers, crashes and recovery.
 
     The total balance equals the starting total, no balance is negative, every
     user is still there, no prepared transaction is left on any shard and no row
     of the users table is still locked.
     """
-    from shardsession import Session
-
-    with Session(pool) as session:
+    with ss.Session(shards) as session:
         total = int(session.scalar(select(func.sum(User.balance))) or 0)
         users = int(session.scalar(select(func.count(User.id))))
         negative = int(session.scalar(select(func.count(User.id)).where(User.balance < 0)))
     prepared: dict[str, int] = {}
     locked: dict[str, bool] = {}
-    for shard, dsn in pool.shards.items():
+    for shard, dsn in shards.dsns.items():
         with psycopg.connect(dsn, connect_timeout=10) as conn:
             prepared[shard] = conn.execute(
                 "SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()"

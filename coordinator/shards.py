@@ -1,0 +1,277 @@
+"""The shards of an application: one SQLAlchemy Engine per shard.
+
+:func:`create_shards` turns ``{"s0": dsn, ...}`` into a :class:`ShardSet`, a
+mapping of shard name to :class:`~sqlalchemy.engine.Engine` on the
+``postgresql+shardsession`` dialect: each engine's pool holds worker processes,
+one PostgreSQL connection each, with SQLAlchemy's own pool semantics
+(``pool_size``, ``max_overflow``, ``pool_timeout``, ``pool_pre_ping``,
+``pool_recycle``, return on garbage collection, ``dispose()``).
+
+A :class:`ShardSet` is also what ``Base.metadata.create_all(shards)`` takes: the
+DDL runs on every shard.  :func:`create_pool` is the first edition's spelling of
+the same thing and stays supported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import weakref
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from sqlalchemy import create_engine
+from sqlalchemy.engine import Engine
+from sqlalchemy.sql.schema import MetaData
+
+from shardsession.exc import ArgumentError, ConfigurationError
+from shardsession.recovery import RecoveryReport, recover
+from shardsession.twophase import MAX_SHARD_NAME
+
+__all__ = ["ShardSet", "create_all", "create_pool", "create_shards", "drop_all"]
+
+_DRIVER = "postgresql+shardsession://"
+
+
+def _conninfo(dsn: str) -> str:
+    """A psycopg conninfo for ``dsn`` (libpq keywords or a postgresql:// URL)."""
+    text = dsn.strip()
+    for prefix in ("postgresql+", "postgres+"):
+        if text.startswith(prefix):  # SQLAlchemy's "postgresql+driver://" spelling
+            text = "postgresql://" + text.split("://", 1)[1]
+    try:
+        conninfo_to_dict(text)
+    except Exception as err:
+        raise ArgumentError(f"{dsn!r} is not a PostgreSQL DSN: {err}") from None
+    return text
+
+
+def _engine_conninfo(engine: Engine) -> str:
+    """The conninfo an engine's connections are made with (for recovery)."""
+    cargs, cparams = engine.dialect.create_connect_args(engine.url)
+    params = {k: v for k, v in cparams.items() if k != "context"}
+    base = params.pop("conninfo", "") or (cargs[0] if cargs else "")
+    return make_conninfo(base, **{k: v for k, v in params.items() if isinstance(v, (str, int))})
+
+
+class ShardSet(Mapping[str, Engine]):
+    """Shard name -> :class:`~sqlalchemy.engine.Engine`, with what applies to all of them.
+
+    :ivar dsns: shard name -> the psycopg conninfo its connections use (recovery
+        connects with it directly).
+    :ivar recovery_interval: seconds between background recovery runs, or None.
+    :ivar last_recovery: the report of the last background recovery run.
+    """
+
+    def __init__(
+        self,
+        engines: Mapping[str, Engine],
+        *,
+        recovery_interval: float | None = None,
+        recovery_grace: float = 30.0,
+        dsns: Mapping[str, str] | None = None,
+    ) -> None:
+        if not engines:
+            raise ArgumentError("no shards given: create_shards({'s0': dsn, ...})")
+        for name in engines:
+            if not isinstance(name, str) or not name or "\x00" in name:
+                raise ArgumentError(f"shard name {name!r} must be a non-empty string")
+            if len(name.encode()) > MAX_SHARD_NAME:
+                raise ArgumentError(
+                    f"shard name {name!r} is longer than {MAX_SHARD_NAME} bytes; two-phase "
+                    "commit names prepared transactions after shards. Use a shorter name."
+                )
+        self._engines = dict(engines)
+        known = dict(dsns or {})
+        self.dsns = {name: known.get(name) or _engine_conninfo(e)
+                     for name, e in self._engines.items()}  # fmt: skip
+        self.recovery_grace = recovery_grace
+        self.recovery_interval = recovery_interval
+        self.last_recovery: RecoveryReport | None = None
+        self._closed = threading.Event()
+        if recovery_interval is not None:
+            threading.Thread(
+                target=_recovery_loop,
+                args=(weakref.ref(self), recovery_interval, self._closed),
+                name="shardsession-recovery",
+                daemon=True,
+            ).start()
+
+    def __getitem__(self, name: str) -> Engine:
+        return self._engines[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._engines)
+
+    def __len__(self) -> int:
+        return len(self._engines)
+
+    def __repr__(self) -> str:
+        return f"<ShardSet {list(self._engines)}>"
+
+    def recover(self, *, older_than: float = 10.0, dry_run: bool = False) -> RecoveryReport:
+        """Settle in-doubt two-phase commits on these shards
+        (:func:`shardsession.recovery.recover`)."""
+        return recover(self.dsns, older_than=older_than, dry_run=dry_run)
+
+    def dispose(self) -> None:
+        """Close every idle worker of every shard (their engines stay usable)."""
+        for engine in self._engines.values():
+            engine.dispose()
+
+    def close(self) -> None:
+        """Stop background recovery and every worker.  Safe to call twice."""
+        self._closed.set()
+        self.dispose()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed.is_set()
+
+    def __enter__(self) -> ShardSet:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def run_on_all(self, fn: Any) -> dict[str, Any]:
+        """Call ``fn(shard, engine)`` for every shard in parallel; return the results.
+
+        :raises: the first error (after every call has finished).
+        """
+        with ThreadPoolExecutor(max_workers=len(self._engines)) as pool:
+            futures = {s: pool.submit(fn, s, e) for s, e in self._engines.items()}
+        return {s: f.result() for s, f in futures.items()}
+
+    # MetaData.create_all(bind) / drop_all(bind) call this on their bind: run the
+    # schema visitor on every shard, each in its own transaction.
+    def _run_ddl_visitor(self, visitorcallable: Any, element: Any, **kwargs: Any) -> None:
+        self.run_on_all(lambda s, e: e._run_ddl_visitor(visitorcallable, element, **kwargs))
+
+
+def _recovery_loop(ref: Any, interval: float, closed: threading.Event) -> None:
+    while not closed.wait(interval):
+        shards = ref()
+        if shards is None:
+            return
+        with contextlib.suppress(Exception):  # a shard may be down: next round
+            shards.last_recovery = shards.recover(older_than=shards.recovery_grace)
+        del shards
+
+
+def create_shards(
+    shards: Mapping[str, str | Engine],
+    *,
+    pool_size: int = 5,
+    max_overflow: int = 10,
+    start_method: str | None = None,
+    connect_timeout: float | None = None,
+    statement_timeout: float | None = None,
+    recovery_interval: float | None = 30.0,
+    recovery_grace: float = 30.0,
+    **engine_kwargs: Any,
+) -> ShardSet:
+    """Create one engine per shard and return them as a :class:`ShardSet`.
+
+    :param shards: shard name -> DSN (libpq ``"host=... dbname=..."`` or a
+        ``postgresql://`` URL), or an existing ``postgresql+shardsession`` Engine.
+    :param pool_size: workers each shard's pool keeps (SQLAlchemy's ``pool_size``).
+    :param max_overflow: extra workers a shard may start when all are in use.
+    :param start_method: ``"forkserver"`` (default) or ``"spawn"``.
+    :param connect_timeout: seconds a worker waits for its PostgreSQL connection.
+    :param statement_timeout: seconds after which PostgreSQL cancels a statement.
+    :param recovery_interval: seconds between background recovery runs (None: off);
+        recovery settles what a crash left prepared and prunes settled decisions.
+    :param recovery_grace: age in seconds after which an undecided prepared
+        transaction is presumed aborted by background recovery.
+    :param engine_kwargs: passed to :func:`sqlalchemy.create_engine`
+        (``pool_timeout``, ``pool_pre_ping``, ``pool_recycle``, ``echo``, ...).
+    """
+    engines: dict[str, Engine] = {}
+    dsns: dict[str, str] = {}
+    extra_connect_args = engine_kwargs.pop("connect_args", {})
+    for name, target in shards.items():
+        if isinstance(target, Engine):
+            if target.dialect.driver != "shardsession":
+                raise ConfigurationError(
+                    f"shard {name!r}: engine {target.url!r} uses the {target.dialect.driver!r} "
+                    "driver; use a postgresql+shardsession:// URL (or pass the DSN)"
+                )
+            engines[name] = target
+            continue
+        if not isinstance(target, str):
+            raise ArgumentError(
+                f"shard {name!r}: expected a DSN string or an Engine, not {target!r}"
+            )
+        dsns[name] = _conninfo(target)
+        connect_args: dict[str, Any] = {"conninfo": dsns[name], "shardsession_shard": name}
+        if start_method:
+            connect_args["shardsession_start_method"] = start_method
+        if connect_timeout:
+            connect_args["connect_timeout"] = max(1, round(connect_timeout))
+        if statement_timeout:
+            connect_args["options"] = f"-c statement_timeout={int(statement_timeout * 1000)}"
+        engine = create_engine(
+            _DRIVER,
+            connect_args={**connect_args, **extra_connect_args},
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            **engine_kwargs,
+        )
+        engines[name] = engine
+    return ShardSet(
+        engines, recovery_interval=recovery_interval, recovery_grace=recovery_grace, dsns=dsns
+    )
+
+
+def create_pool(
+    shards: Mapping[str, str],
+    workers_per_shard: int = 2,
+    *,
+    max_overflow: int = 10,
+    checkout_timeout: float = 30.0,
+    pre_ping: bool = False,
+    recovery_interval: float | None = 30.0,
+    **options: Any,
+) -> ShardSet:
+    """The first edition's :func:`create_shards`: ``workers_per_shard`` is the pool size.
+
+    ``checkout_timeout`` is SQLAlchemy's ``pool_timeout`` and ``pre_ping`` its
+    ``pool_pre_ping``; background recovery runs every ``recovery_interval``
+    seconds.  Other arguments are :func:`create_shards`'.
+    """
+    if workers_per_shard < 1:
+        raise ArgumentError(f"workers_per_shard must be at least 1, not {workers_per_shard}")
+    options.pop("check_two_phase", None)
+    options.pop("max_idle", None)
+    options.pop("monitor_interval", None)
+    return create_shards(
+        shards,
+        pool_size=workers_per_shard,
+        max_overflow=max_overflow,
+        pool_timeout=checkout_timeout,
+        pool_pre_ping=pre_ping,
+        recovery_interval=recovery_interval,
+        **options,
+    )
+
+
+def _on_every_shard(method: str, metadata: MetaData, shards: Mapping[str, Engine],
+                    kwargs: dict[str, Any]) -> None:  # fmt: skip
+    with ThreadPoolExecutor(max_workers=max(1, len(shards))) as pool:
+        futures = [pool.submit(getattr(metadata, method), e, **kwargs) for e in shards.values()]
+    for future in futures:
+        future.result()
+
+
+def create_all(metadata: MetaData, shards: Mapping[str, Engine], **kwargs: Any) -> None:
+    """``metadata.create_all`` on every shard, in parallel."""
+    _on_every_shard("create_all", metadata, shards, kwargs)
+
+
+def drop_all(metadata: MetaData, shards: Mapping[str, Engine], **kwargs: Any) -> None:
+    """``metadata.drop_all`` on every shard, in parallel."""
+    _on_every_shard("drop_all", metadata, shards, kwargs)

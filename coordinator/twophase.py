@@ -1,0 +1,234 @@
+"""The commit-point two-phase commit of a session's transaction.
+
+SQLAlchemy drives it: with ``Session(twophase=True)`` (shardsession's default),
+``commit()`` flushes, calls ``prepare`` on every shard's connection, then
+``commit`` on every one, through the dialect's ``do_*_twophase`` and the DBAPI's
+``tpc_*`` methods.  Those calls come in no particular order, so a
+:class:`CommitCoordinator` (one per root transaction, registered on every worker
+connection the transaction uses) acts on counts:
+
+* prepare calls: with two or more shards written, every writer but the commit
+  point is sent ``PREPARE TRANSACTION`` without waiting; the last call reads the
+  replies.  A failure rolls everything back and raises
+  :class:`~shardsession.exc.TwoPhaseError`.  With at most one writer nothing is
+  sent: the commit is one-phase.
+* the first commit call: the commit point inserts its decision row
+  ``(gid, 'commit', participants)`` and commits, in one round trip: that commit
+  is the decision.  Then ``COMMIT PREPARED`` goes to the prepared shards and
+  ``COMMIT`` to the shards that only read, all in parallel.  A participant not
+  reached after the decision is left to recovery (a warning says so); the
+  transaction is committed.
+* if the decision's reply is lost (the commit point's worker died), the outcome
+  is settled as recovery would: read or fence the decision on the commit point,
+  then commit or roll back the prepared shards accordingly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from typing import Any
+
+from shardsession import protocol as p
+from shardsession.exc import TwoPhaseCommitPendingWarning, TwoPhaseError
+from shardsession.recovery import settle_decision
+from shardsession.twophase import DECISION_SQL, new_global_id, participant_gid
+
+__all__ = ["CommitCoordinator"]
+
+
+class CommitCoordinator:
+    """The two-phase state of one root session transaction.
+
+    :param dsns: shard name -> conninfo, to settle a lost decision reply.
+    """
+
+    def __init__(self, dsns: dict[str, str]) -> None:
+        self.dsns = dsns
+        self.parts: list[Any] = []  # worker connections, in order of first use
+        self.state = "active"
+        self.writers: list[Any] = []
+        self.commit_point: Any = None
+        self.global_id = ""
+        self.prepared: list[Any] = []
+        self._prepare_calls = 0
+
+    def register(self, conn: Any) -> None:
+        """Take part ``conn`` (a worker DBAPI connection) in this transaction."""
+        if conn not in self.parts:
+            self.parts.append(conn)
+            conn.tpc = self
+
+    # -- phase one ----------------------------------------------------------------
+
+    def prepare(self, conn: Any) -> None:
+        """One participant's ``tpc_prepare``; the last one reads the replies."""
+        if self._prepare_calls == 0:
+            self.writers = sorted((c for c in self.parts if c.wrote), key=lambda c: c.shard)
+            if len(self.writers) > 1:
+                self.commit_point = self.writers[0]
+                self.global_id = new_global_id(self.commit_point.shard)
+        self._prepare_calls += 1
+        if self.commit_point is not None and conn.wrote and conn is not self.commit_point:
+            conn.send(p.Prepare(participant_gid(self.global_id, conn.shard)))
+            self.prepared.append(conn)
+        if self._prepare_calls < len(self.parts):
+            return
+        failures = []
+        for part in self.prepared:
+            try:
+                part.recv()
+            except Exception as err:
+                failures.append((part, err))
+        if failures:
+            self.prepared = [c for c in self.prepared if all(c is not f for f, _ in failures)]
+            self._abort()
+            part, err = failures[0]
+            raise TwoPhaseError(
+                f"PREPARE TRANSACTION failed on shard {part.shard!r} ({_first_line(err)}); "
+                "every shard of the transaction was rolled back and nothing was committed. "
+                + _prepare_hint(err)
+            ) from err
+        self.state = "prepared"
+
+    # -- phase two ----------------------------------------------------------------
+
+    def commit(self, conn: Any) -> None:
+        """One participant's ``tpc_commit``; the first one commits everything."""
+        if self.state == "committed":
+            return
+        if self.state != "prepared":
+            raise TwoPhaseError(f"two-phase commit called in state {self.state!r}")
+        if self.commit_point is None:
+            self._one_phase()
+            return
+        cp = self.commit_point
+        participants = [c.shard for c in self.writers]
+        try:
+            cp.request(p.Decide(DECISION_SQL, (self.global_id, participants)))
+        except Exception as err:
+            if cp.broken:
+                self._settle_lost_decision(err)
+                return
+            self._abort(commit_point_done=True)
+            raise TwoPhaseError(
+                f"the commit point {cp.shard!r} could not commit ({_first_line(err)}); every "
+                "shard of the transaction was rolled back and nothing was committed"
+            ) from err
+        self._finish(commit=True)
+
+    def _one_phase(self) -> None:
+        for part in self.parts:
+            part.send(p.Commit())
+        errors = []
+        for part in self.parts:
+            try:
+                part.recv()
+            except Exception as err:
+                errors.append(err)
+        self._done("committed")
+        if errors:
+            raise errors[0]
+
+    def _finish(self, *, commit: bool) -> None:
+        """Phase two after the decision: finish the prepared shards, commit the readers."""
+        readers = [c for c in self.parts if c not in self.writers]
+        calls = [(c, p.FinishPrepared(participant_gid(self.global_id, c.shard), commit))
+                 for c in self.prepared]  # fmt: skip
+        calls += [(c, p.Commit() if commit else p.Rollback()) for c in readers]
+        missed = []
+        for part, request in calls:
+            try:
+                part.send(request)
+            except Exception:
+                missed.append(part.shard)
+                continue
+        for part, _ in calls:
+            if part.shard in missed:
+                continue
+            try:
+                part.recv()
+            except Exception:
+                missed.append(part.shard)
+        self._done("committed" if commit else "aborted")
+        if missed and commit:
+            warnings.warn(
+                f"transaction {self.global_id} is committed (its decision is recorded on "
+                f"{self.commit_point.shard!r}), but shards {sorted(set(missed))} were not "
+                "reached to finish it; recovery completes them (ShardSet.recover() or "
+                "`shardsession recover`)",
+                TwoPhaseCommitPendingWarning,
+                stacklevel=4,
+            )
+
+    def _settle_lost_decision(self, err: BaseException) -> None:
+        cp = self.commit_point
+        try:
+            outcome = settle_decision(
+                self.dsns[cp.shard], self.global_id, presume_abort=True, dry_run=False
+            )
+        except Exception:
+            outcome = None
+        if outcome == "commit":
+            self._finish(commit=True)
+            return
+        if outcome == "abort":
+            self._finish(commit=False)
+            raise TwoPhaseError(
+                f"the commit point {cp.shard!r} was lost before its decision committed "
+                f"({_first_line(err)}); the transaction was rolled back on every shard"
+            ) from err
+        self._done("aborted")
+        raise TwoPhaseError(
+            f"the outcome of transaction {self.global_id} is not known yet: its commit point "
+            f"{cp.shard!r} was lost ({_first_line(err)}) and could not be reached; recovery "
+            "will settle it (committed everywhere or nowhere)"
+        ) from err
+
+    # -- rolling back ----------------------------------------------------------------
+
+    def rollback(self, conn: Any) -> None:
+        """One participant's ``tpc_rollback``: the first one rolls back everything."""
+        if self.state in ("committed", "aborted"):
+            conn.tpc = None
+            return
+        self._abort()
+
+    def _abort(self, *, commit_point_done: bool = False) -> None:
+        for part in self.parts:
+            part.drain()
+        calls: list[tuple[Any, p.Request]] = []
+        for part in self.parts:
+            if part in self.prepared:
+                calls.append((part, p.FinishPrepared(participant_gid(self.global_id, part.shard),
+                                                     False)))  # fmt: skip
+            elif not (commit_point_done and part is self.commit_point):
+                calls.append((part, p.Rollback()))
+        for part, request in calls:
+            with contextlib.suppress(Exception):
+                part.send(request)
+        for part, _ in calls:
+            with contextlib.suppress(Exception):
+                part.drain()
+        self._done("aborted")
+
+    def _done(self, state: str) -> None:
+        self.state = state
+        for part in self.parts:
+            part.tpc = None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _prepare_hint(err: BaseException) -> str:
+    if "max_prepared_transactions" in str(err) or "prepared transactions are disabled" in str(err):
+        return (
+            "The server allows no (more) prepared transactions: raise "
+            "max_prepared_transactions in postgresql.conf and restart it."
+        )
+    if getattr(err, "sqlstate", None) in ("40001", "40P01") or "connection" in str(err).lower():
+        return "Retry the transaction."
+    return ""

@@ -1,0 +1,128 @@
+"""The commit-point two-phase commit through SQLAlchemy's twophase session."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from shardsession.coordinator.routing import shard_for_key
+from sqlalchemy import text
+
+import shardsession as ss
+from shardsession.twophase import COMMIT_LOG
+
+from .models import Account
+
+
+def _pair(shards: ss.ShardSet) -> tuple[int, int]:
+    names = list(shards)
+    a = 1
+    b = next(i for i in range(2, 100) if shard_for_key(names, i) != shard_for_key(names, a))
+    return a, b
+
+
+def _scalar(direct: dict[str, Any], shard: str, sql: str) -> Any:
+    with direct[shard].connect() as conn:
+        return conn.execute(text(sql)).scalar()
+
+
+def _prepared(direct: dict[str, Any]) -> int:
+    return sum(
+        _scalar(direct, s, "SELECT count(*) FROM pg_prepared_xacts "
+                "WHERE database = current_database()")
+        for s in direct
+    )  # fmt: skip
+
+
+def _decisions(direct: dict[str, Any]) -> list[tuple[str, str, list[str]]]:
+    out = []
+    for engine in direct.values():
+        with engine.connect() as conn:
+            out += [tuple(r) for r in conn.execute(
+                text(f"SELECT gid, outcome, participants FROM {COMMIT_LOG}"))]  # fmt: skip
+    return out
+
+
+def test_two_shards_written_commit_with_a_decision(session: ss.Session, shards: ss.ShardSet,
+                                                   direct: dict[str, Any]) -> None:  # fmt: skip
+    a, b = _pair(shards)
+    session.add_all([Account(id=a, balance=100), Account(id=b, balance=100)])
+    session.commit()
+    decisions = _decisions(direct)
+    assert len(decisions) == 1 and decisions[0][1] == "commit"
+    assert sorted(decisions[0][2]) == sorted({shard_for_key(list(shards), v) for v in (a, b)})
+    x, y = session.get(Account, a), session.get(Account, b)
+    x.balance -= 30
+    y.balance += 30
+    session.commit()
+    assert (session.get(Account, a).balance, session.get(Account, b).balance) == (70, 130)
+    assert _prepared(direct) == 0
+    assert len(_decisions(direct)) == 2
+
+
+def test_one_shard_written_commits_in_one_phase(session: ss.Session, shards: ss.ShardSet,
+                                                direct: dict[str, Any]) -> None:  # fmt: skip
+    a, b = _pair(shards)
+    session.add_all([Account(id=a, balance=5), Account(id=b, balance=5)])
+    session.commit()
+    before = len(_decisions(direct))
+    session.get(Account, b)  # a read on another shard
+    session.get(Account, a).balance = 6
+    session.commit()
+    assert len(_decisions(direct)) == before  # no decision row: one phase
+    assert session.get(Account, a).balance == 6
+
+
+def test_failed_prepare_rolls_back_every_shard(session: ss.Session, shards: ss.ShardSet,
+                                               direct: dict[str, Any]) -> None:  # fmt: skip
+    # A deferred constraint is checked at PREPARE TRANSACTION on the non-commit-point
+    # shard: the whole transaction must roll back, on the commit point too.
+    a, b = _pair(shards)
+    names = list(shards)
+    point = min(shard_for_key(names, a), shard_for_key(names, b))
+    other_id = b if shard_for_key(names, a) == point else a
+    other = shard_for_key(names, other_id)
+    with direct[other].begin() as conn:
+        conn.execute(text("CREATE TABLE IF NOT EXISTS uniq_later (v int UNIQUE "
+                          "DEFERRABLE INITIALLY DEFERRED)"))  # fmt: skip
+    try:
+        session.add_all([Account(id=a, balance=1), Account(id=b, balance=1)])
+        session.execute(text("INSERT INTO uniq_later VALUES (1), (1)"),
+                        bind_arguments={"shard_id": other})  # fmt: skip
+        with pytest.raises(ss.exc.TwoPhaseError, match="rolled back"):
+            session.commit()
+        session.rollback()
+        assert session.get(Account, a) is None and session.get(Account, b) is None
+        assert _prepared(direct) == 0
+        assert all(o != "commit" for _, o, _ in _decisions(direct))
+    finally:
+        with direct[other].begin() as conn:
+            conn.execute(text("DROP TABLE IF EXISTS uniq_later"))
+
+
+def test_twophase_off_commits_each_shard_alone(shards: ss.ShardSet, clean_shards: Any,
+                                               direct: dict[str, Any]) -> None:  # fmt: skip
+    a, b = _pair(shards)
+    with ss.Session(shards, twophase=False) as s:
+        s.add_all([Account(id=a, balance=1), Account(id=b, balance=1)])
+        s.commit()
+        assert s.get(Account, b).balance == 1
+    assert _decisions(direct) == []
+
+
+def test_engine_level_two_phase_through_the_dbapi(shards: ss.ShardSet, clean_shards: Any,
+                                                  direct: dict[str, Any]) -> None:  # fmt: skip
+    engine = shards["s1"]
+    with engine.connect() as conn:
+        tx = conn.begin_twophase()
+        conn.execute(text("INSERT INTO co_account (id, balance) VALUES (1, 9)"))
+        tx.prepare()
+        assert _prepared(direct) == 1
+        tx.commit()
+    with engine.connect() as conn:
+        tx = conn.begin_twophase()
+        conn.execute(text("INSERT INTO co_account (id, balance) VALUES (2, 9)"))
+        tx.prepare()
+        tx.rollback()
+    assert _prepared(direct) == 0
+    assert _scalar(direct, "s1", "SELECT string_agg(id::text, ',') FROM co_account") == "1"

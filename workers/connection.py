@@ -1,0 +1,269 @@
+"""One worker's psycopg connection, and how each request runs on it.
+
+The worker is the server side of a DBAPI connection whose application side is
+:class:`shardsession.coordinator.dbapi.Connection`.  The psycopg connection is kept
+in autocommit mode and the worker opens transactions itself, so ``BEGIN`` travels
+in one pipeline with the first statement (one server round trip, not two) and the
+isolation level, read-only and deferrable settings go into that ``BEGIN``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.pq import TransactionStatus
+
+from shardsession import protocol as p
+
+__all__ = ["WorkerConnection"]
+
+# Command tags of statements that write nothing: every other statement marks the
+# transaction as a writer (a two-phase participant that must PREPARE).
+_READ_TAGS = frozenset(
+    {"SELECT", "SHOW", "SET", "RESET", "FETCH", "MOVE", "DECLARE", "CLOSE", "SAVEPOINT",
+     "RELEASE", "ROLLBACK", "BEGIN", "EXPLAIN", "LISTEN", "UNLISTEN", "DISCARD"}
+)  # fmt: skip
+_IDLE = TransactionStatus.IDLE
+_ISOLATION_SQL = {
+    1: "READ UNCOMMITTED",
+    2: "READ COMMITTED",
+    3: "REPEATABLE READ",
+    4: "SERIALIZABLE",
+}
+
+
+class WorkerConnection:
+    """The psycopg connection of one worker and the state DBAPI callers see.
+
+    :param shard: the shard's name (errors name it).
+    :param connect_kwargs: what psycopg's ``connect()`` takes.
+    """
+
+    def __init__(self, shard: str, connect_kwargs: dict[str, Any]) -> None:
+        self.shard = shard
+        kwargs = dict(connect_kwargs)
+        kwargs["autocommit"] = True
+        self.conn = psycopg.connect(**kwargs)
+        self.autocommit = False  # as the DBAPI caller sees it
+        self.isolation_level: int | None = None
+        self.read_only: bool | None = None
+        self.deferrable: bool | None = None
+        self.wrote = False
+        self._cursors: dict[str, psycopg.ServerCursor[Any]] = {}
+        # Merging text in the coordinator is exact only under the C collation.
+        row = self.conn.execute(
+            "SELECT datcollate, to_jsonb(d) ->> 'datlocprovider' FROM pg_database d "
+            "WHERE datname = current_database()"
+        ).fetchone()
+        self.collation = "C" if row is None else (row[0] if row[1] in (None, "c") else "icu")
+        self._handlers: dict[type, Any] = {
+            p.Execute: self._execute,
+            p.ExecuteMany: self._execute_many,
+            p.Copy: self._copy,
+            p.Fetch: self._fetch,
+            p.Close: self._close_cursor,
+            p.Commit: self._commit,
+            p.Rollback: self._rollback,
+            p.SetOption: self._set_option,
+            p.Prepare: self._prepare,
+            p.Decide: self._decide,
+            p.FinishPrepared: self._finish_prepared,
+            p.Ping: self._ping,
+        }
+
+    # -- dispatch --------------------------------------------------------------
+
+    @property
+    def status(self) -> int:
+        """The transaction status, with :data:`~shardsession.protocol.STATUS_WROTE`."""
+        status = int(self.conn.info.transaction_status)
+        return status | p.STATUS_WROTE if self.wrote else status
+
+    @property
+    def broken(self) -> bool:
+        """Whether the connection to PostgreSQL is gone."""
+        return self.conn.closed or self.conn.broken
+
+    def handle(self, request: p.Request) -> Any:
+        """Run ``request`` and return its reply value (exceptions propagate)."""
+        return self._handlers[type(request)](request)
+
+    def connection_alive(self) -> bool:
+        """Read what the server sent while idle; False when the connection is gone."""
+        try:
+            self.conn.pgconn.consume_input()
+        except psycopg.OperationalError:
+            return False
+        return not self.conn.broken and self.conn.pgconn.status == psycopg.pq.ConnStatus.OK
+
+    def name_shard(self, err: BaseException) -> BaseException:
+        """Put the shard's name in front of a database error's message."""
+        if isinstance(err, psycopg.Error) and err.args and isinstance(err.args[0], str):
+            err.args = (f"[shard {self.shard!r}] {err.args[0]}", *err.args[1:])
+        return err
+
+    def close(self) -> None:
+        """Roll back what is open and close the connection."""
+        with contextlib.suppress(Exception):
+            if self.conn.info.transaction_status != _IDLE:
+                self.conn.execute("ROLLBACK")
+        self.conn.close()
+
+    # -- statements --------------------------------------------------------------
+
+    def _begin_sql(self) -> str:
+        text = "BEGIN"
+        if self.isolation_level is not None:
+            text += " ISOLATION LEVEL " + _ISOLATION_SQL[int(self.isolation_level)]
+        if self.read_only is not None:
+            text += " READ ONLY" if self.read_only else " READ WRITE"
+        if self.deferrable is not None:
+            text += " DEFERRABLE" if self.deferrable else " NOT DEFERRABLE"
+        return text
+
+    def _must_begin(self) -> bool:
+        return not self.autocommit and self.conn.info.transaction_status == _IDLE
+
+    def _run(self, cur: psycopg.Cursor[Any], req: p.Execute) -> None:
+        if self._must_begin():
+            # BEGIN and the statement travel together: one server round trip.
+            with self.conn.pipeline():
+                self.conn.execute(self._begin_sql())
+                cur.execute(req.sql, req.params, prepare=req.prepare)
+        else:
+            cur.execute(req.sql, req.params, prepare=req.prepare)
+        self._note_write(cur)
+
+    def _note_write(self, cur: psycopg.Cursor[Any]) -> None:
+        if not self.wrote and not self.autocommit:
+            tag = (cur.statusmessage or "").partition(" ")[0]
+            if tag not in _READ_TAGS:
+                self.wrote = True
+
+    @staticmethod
+    def _describe(cur: Any) -> tuple[tuple[Any, ...], ...] | None:
+        desc = cur.description
+        if desc is None:
+            return None
+        return tuple((c.name, c.type_code, None, None, None, None, None) for c in desc)
+
+    def _execute(self, req: p.Execute) -> p.Result:
+        if req.cursor is not None:
+            return self._open_cursor(req)
+        cur = self.conn.cursor()
+        try:
+            self._run(cur, req)
+            description = self._describe(cur)
+            rows = cur.fetchall() if description is not None else []
+            return p.Result(description, rows, cur.rowcount)
+        finally:
+            cur.close()
+
+    def _open_cursor(self, req: p.Execute) -> p.Result:
+        if self.conn.info.transaction_status == _IDLE:
+            self.conn.execute(self._begin_sql())  # a server-side cursor lives in a transaction
+        cur = self.conn.cursor(name=req.cursor)
+        cur.execute(req.sql, req.params)
+        self._cursors[req.cursor] = cur  # type: ignore[index]
+        return p.Result(self._describe(cur), [], cur.rowcount)
+
+    def _fetch(self, req: p.Fetch) -> list[tuple[Any, ...]]:
+        cur = self._cursors[req.cursor]
+        return cur.fetchall() if req.size < 0 else cur.fetchmany(req.size)
+
+    def _close_cursor(self, req: p.Close) -> None:
+        cur = self._cursors.pop(req.cursor, None)
+        if cur is not None and self.conn.info.transaction_status != _IDLE:
+            with contextlib.suppress(psycopg.Error):
+                cur.close()
+
+    def _execute_many(self, req: p.ExecuteMany) -> p.Result:
+        with self.conn.cursor() as cur:
+            if self._must_begin():
+                self.conn.execute(self._begin_sql())
+            if len(req.params) == 1:
+                cur.execute(req.sql, req.params[0])  # the usual single-row case: cheaper
+                rows = cur.fetchall() if req.returning and cur.description else []
+            else:
+                cur.executemany(req.sql, req.params, returning=req.returning)
+                rows = []
+                if req.returning:
+                    while True:
+                        if cur.description is not None:
+                            rows.extend(cur.fetchall())
+                        if not cur.nextset():
+                            break
+            self._note_write(cur)
+            return p.Result(self._describe(cur) if req.returning else None, rows, cur.rowcount)
+
+    def _copy(self, req: p.Copy) -> p.Result:
+        if self._must_begin():
+            self.conn.execute(self._begin_sql())
+        with self.conn.cursor() as cur, cur.copy(req.sql) as copy:
+            for row in req.rows:
+                copy.write_row(row)
+        self.wrote = True
+        return p.Result(None, [], len(req.rows))
+
+    # -- transactions --------------------------------------------------------------
+
+    def _end(self) -> None:
+        self._cursors.clear()  # the server closes them with the transaction
+        self.wrote = False
+
+    def _commit(self, req: p.Commit) -> None:
+        self._end()
+        if self.conn.info.transaction_status != _IDLE:
+            self.conn.execute("COMMIT")
+
+    def _rollback(self, req: p.Rollback) -> None:
+        self._end()
+        if self.conn.info.transaction_status != _IDLE:
+            self.conn.execute("ROLLBACK")
+
+    def _set_option(self, req: p.SetOption) -> None:
+        if req.name not in ("autocommit", "isolation_level", "read_only", "deferrable"):
+            raise psycopg.ProgrammingError(f"unknown connection option {req.name!r}")
+        if req.name == "autocommit" and self.conn.info.transaction_status != _IDLE:
+            raise psycopg.ProgrammingError(
+                "can't change 'autocommit' now: connection in transaction status INTRANS"
+            )
+        setattr(self, req.name, req.value)
+
+    def _prepare(self, req: p.Prepare) -> None:
+        self._end()
+        if self.conn.info.transaction_status == _IDLE:
+            self.conn.execute(self._begin_sql())  # nothing ran: prepare an empty transaction
+        self.conn.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(req.gid)))
+
+    def _decide(self, req: p.Decide) -> None:
+        self._end()
+        with self.conn.pipeline():
+            if self.conn.info.transaction_status == _IDLE:
+                self.conn.execute(self._begin_sql())
+            self.conn.execute(req.sql, req.params)
+            self.conn.execute("COMMIT")
+
+    def _finish_prepared(self, req: p.FinishPrepared) -> bool:
+        if self.conn.info.transaction_status != _IDLE:
+            self._rollback(p.Rollback())
+        command = "COMMIT PREPARED {}" if req.commit else "ROLLBACK PREPARED {}"
+        try:
+            self.conn.execute(sql.SQL(command).format(sql.Literal(req.gid)))
+        except psycopg.errors.UndefinedObject:
+            return False
+        return True
+
+    def _ping(self, req: p.Ping) -> dict[str, Any]:
+        if req.check_connection:
+            self.conn.execute(";")
+        return {
+            "pid": os.getpid(),
+            "backend_pid": self.conn.info.backend_pid,
+            "server_version": self.conn.info.server_version,
+            "collation": self.collation,
+        }
