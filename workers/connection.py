@@ -10,7 +10,11 @@ isolation level, read-only and deferrable settings go into that ``BEGIN``.
 from __future__ import annotations
 
 import contextlib
+import datetime
+import decimal
 import os
+import re
+import uuid
 from typing import Any
 
 import psycopg
@@ -28,6 +32,17 @@ _READ_TAGS = frozenset(
      "RELEASE", "ROLLBACK", "BEGIN", "EXPLAIN", "LISTEN", "UNLISTEN", "DISCARD"}
 )  # fmt: skip
 _IDLE = TransactionStatus.IDLE
+#: executemany of a plain INSERT with at least this many rows runs as COPY
+COPY_MIN_ROWS = 200
+# INSERT INTO t (a, b) VALUES (%(a)s::INTEGER, %(b)s) as SQLAlchemy renders it
+_PLAIN_INSERT = re.compile(
+    r"INSERT INTO (\"?[\w.\"]+\"?) \(([^()]*)\) VALUES \(((?:%\((\w+)\)s(?:::[\w ]+(?:\(\d+\))?)?"
+    r"(?:, )?)+)\)",
+)
+_PARAM = re.compile(r"%\((\w+)\)s")
+# values COPY's text format writes exactly as an INSERT would bind them
+_COPY_TYPES = (int, float, str, bool, decimal.Decimal, datetime.datetime, datetime.date,
+               datetime.time, datetime.timedelta, uuid.UUID, bytes, type(None))  # fmt: skip
 _ISOLATION_SQL = {
     1: "READ UNCOMMITTED",
     2: "READ COMMITTED",
@@ -53,6 +68,7 @@ class WorkerConnection:
         self.read_only: bool | None = None
         self.deferrable: bool | None = None
         self.wrote = False
+        self.copies = 0  # executemany requests run as COPY
         self._cursors: dict[str, psycopg.ServerCursor[Any]] = {}
         # Merging text in the coordinator is exact only under the C collation.
         row = self.conn.execute(
@@ -181,7 +197,30 @@ class WorkerConnection:
             with contextlib.suppress(psycopg.Error):
                 cur.close()
 
+    def _copy_plan(self, req: p.ExecuteMany) -> tuple[str, list[str]] | None:
+        """``(COPY statement, parameter names)`` when ``req`` can run as COPY, else None."""
+        if req.returning or len(req.params) < COPY_MIN_ROWS:
+            return None
+        found = _PLAIN_INSERT.fullmatch(req.sql.strip())
+        if found is None:
+            return None
+        names = _PARAM.findall(found.group(3))
+        if len(names) != len(found.group(2).split(",")):
+            return None
+        for row in req.params:
+            if not isinstance(row, dict) or len(row) != len(names):
+                return None
+            if not all(type(row[n]) in _COPY_TYPES for n in names if n in row):
+                return None
+        return f"COPY {found.group(1)} ({found.group(2)}) FROM STDIN", names
+
     def _execute_many(self, req: p.ExecuteMany) -> p.Result:
+        plan = self._copy_plan(req)
+        if plan is not None:
+            sql_text, names = plan
+            rows = [[row[n] for n in names] for row in req.params]
+            self.copies += 1
+            return self._copy(p.Copy(sql_text, rows))
         with self.conn.cursor() as cur:
             if self._must_begin():
                 self.conn.execute(self._begin_sql())

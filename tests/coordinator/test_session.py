@@ -178,3 +178,24 @@ def test_joined_eager_collections_merge_in_order(session: ss.Session) -> None:
     assert [[u.id for u in t.users] for t in tenants] == [
         [10 * t + k for k in range(t % 3)] for t in (5, 4, 3, 2, 1, 0)
     ]
+
+
+def test_new_objects_are_inserted_in_one_batch_per_shard(session: ss.Session,
+                                                         shards: ss.ShardSet) -> None:  # fmt: skip
+    statements: list[tuple[int, bool]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, params: Any, ctx: Any, many: bool
+               ) -> None:  # fmt: skip
+        if statement.startswith("INSERT"):
+            statements.append((id(conn.engine), many))
+
+    for engine in shards.values():
+        ss.event.listen(engine, "before_cursor_execute", record)
+    try:
+        session.add_all([Item(id=i, x=i, name="n") for i in range(400)])  # keys alternate shards
+        session.commit()
+    finally:
+        for engine in shards.values():
+            ss.event.remove(engine, "before_cursor_execute", record)
+    assert len(statements) == len(shards) and all(many for _, many in statements)
+    assert session.scalar(select(func.count()).select_from(Item)) == 400
