@@ -26,8 +26,12 @@ connection the transaction uses) acts on counts:
 from __future__ import annotations
 
 import contextlib
+import time
 import warnings
 from typing import Any
+
+import psycopg
+from psycopg import sql
 
 from shardsession import protocol as p
 from shardsession.exc import TwoPhaseCommitPendingWarning, TwoPhaseError
@@ -50,7 +54,8 @@ class CommitCoordinator:
         self.writers: list[Any] = []
         self.commit_point: Any = None
         self.global_id = ""
-        self.prepared: list[Any] = []
+        self.prepared: list[Any] = []  # PREPARE sent (a lost reply: outcome unknown)
+        self._failures: list[tuple[Any, BaseException]] = []
         self._prepare_calls = 0
 
     def register(self, conn: Any) -> None:
@@ -70,18 +75,22 @@ class CommitCoordinator:
                 self.global_id = new_global_id(self.commit_point.shard)
         self._prepare_calls += 1
         if self.commit_point is not None and conn.wrote and conn is not self.commit_point:
-            conn.send(p.Prepare(participant_gid(self.global_id, conn.shard)))
-            self.prepared.append(conn)
+            try:
+                conn.send(p.Prepare(participant_gid(self.global_id, conn.shard)))
+                self.prepared.append(conn)
+            except Exception as err:  # the worker is gone: nothing was prepared there
+                self._failures.append((conn, err))
         if self._prepare_calls < len(self.parts):
             return
-        failures = []
-        for part in self.prepared:
+        failures = self._failures
+        for part in list(self.prepared):
             try:
                 part.recv()
             except Exception as err:
                 failures.append((part, err))
+                if not part.closed:  # PREPARE failed: nothing is prepared there
+                    self.prepared.remove(part)
         if failures:
-            self.prepared = [c for c in self.prepared if all(c is not f for f, _ in failures)]
             self._abort()
             part, err = failures[0]
             raise TwoPhaseError(
@@ -198,10 +207,12 @@ class CommitCoordinator:
         for part in self.parts:
             part.drain()
         calls: list[tuple[Any, p.Request]] = []
+        in_doubt = [part for part in self.prepared if part.closed]
         for part in self.parts:
             if part in self.prepared:
-                calls.append((part, p.FinishPrepared(participant_gid(self.global_id, part.shard),
-                                                     False)))  # fmt: skip
+                if not part.closed:
+                    gid = participant_gid(self.global_id, part.shard)
+                    calls.append((part, p.FinishPrepared(gid, False)))
             elif not (commit_point_done and part is self.commit_point):
                 calls.append((part, p.Rollback()))
         for part, request in calls:
@@ -210,12 +221,55 @@ class CommitCoordinator:
         for part, _ in calls:
             with contextlib.suppress(Exception):
                 part.drain()
+        if in_doubt:
+            self._roll_back_in_doubt(in_doubt)
         self._done("aborted")
+
+    def _roll_back_in_doubt(self, parts: list[Any]) -> None:
+        """Roll back participants whose worker died with PREPARE's reply unread.
+
+        Their PREPARE may have succeeded, or may still be running in the old
+        backend.  The abort decision is recorded first (so recovery rolls them
+        back at once, without a grace period, if this fails), then each is rolled
+        back over a connection of its own once its old backend is gone.
+        """
+        with contextlib.suppress(Exception):
+            settle_decision(self.dsns[self.commit_point.shard], self.global_id,
+                            presume_abort=True, dry_run=False)  # fmt: skip
+        for part in parts:
+            with contextlib.suppress(Exception):
+                _rollback_prepared(
+                    self.dsns[part.shard], participant_gid(self.global_id, part.shard),
+                    int(part.worker_info.get("backend_pid", 0)),
+                )  # fmt: skip
 
     def _done(self, state: str) -> None:
         self.state = state
         for part in self.parts:
             part.tpc = None
+
+
+def _rollback_prepared(dsn: str, gid: str, old_backend: int, wait: float = 10.0) -> bool:
+    """``ROLLBACK PREPARED gid`` from a new connection; waits (bounded) for the backend
+    that was preparing it to end.  False when there was nothing to roll back."""
+    deadline = time.monotonic() + wait
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+        while True:
+            try:
+                conn.execute(sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(gid)))
+                return True
+            except psycopg.errors.UndefinedObject:
+                running = conn.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE pid = %s", (old_backend,)
+                ).fetchone()
+                if running is None or time.monotonic() > deadline:
+                    # gone: its PREPARE either happened (seen now) or never will
+                    try:
+                        conn.execute(sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(gid)))
+                    except psycopg.errors.UndefinedObject:
+                        return False
+                    return True
+                time.sleep(0.02)
 
 
 def _first_line(err: BaseException) -> str:

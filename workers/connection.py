@@ -285,6 +285,9 @@ class WorkerConnection:
             if self.conn.info.transaction_status == _IDLE:
                 self.conn.execute(self._begin_sql())
             self.conn.execute(req.sql, req.params)
+            # the decision must be durable when the commit returns, whatever the
+            # server's or the role's synchronous_commit says
+            self.conn.execute("SET LOCAL synchronous_commit TO on")
             self.conn.execute("COMMIT")
 
     def _finish_prepared(self, req: p.FinishPrepared) -> bool:

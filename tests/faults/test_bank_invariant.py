@@ -1,11 +1,20 @@
 """Bank transfers between accounts on different shards under chaos.
 
-Application processes (each with its own pool and several threads) move money
-between two accounts on different shards, one two-phase commit per transfer,
-while the test SIGKILLs random worker processes and, now and then, a whole
-application process (replacing it).  Afterwards recovery settles what the
-crashes left prepared, and the money is all there: the total is unchanged, no
-balance is negative, nothing is prepared and nothing is locked.
+Application processes (each with its own shards and several threads) move money
+between two accounts on different shards, one two-phase commit per transfer;
+each transfer also writes one ledger entry per account, on the account's shard.
+Meanwhile the test SIGKILLs random worker processes (a participant's or the
+commit point's, at whatever step they are) and, now and then, a whole
+application process (replacing it).  The applications' background recovery
+(every second, 3 s grace) settles what the dead left prepared while the others
+keep committing; afterwards a last recovery settles the rest, and:
+
+* every transfer is all or nothing: each transfer in the ledger has both its
+  entries, and each balance is its opening balance plus its entries;
+* every transfer whose ``commit()`` returned is there, and every one whose
+  ``commit()`` raised is not (unless the error said the outcome is not known yet);
+* the total is unchanged, no balance is negative, nothing is prepared, nothing
+  is locked, and every worker of every application has exited.
 
 ``--shardsession-soak SECONDS`` runs it longer with more processes and threads.
 """
@@ -22,11 +31,16 @@ import tempfile
 import textwrap
 import threading
 import time
+from collections import defaultdict
+from typing import Any
 
 import psycopg
 import pytest
 
-from shardsession import recover
+import shardsession as ss
+from shardsession.twophase import COMMIT_LOG
+from tests.faults import support
+from tests.faults.models import Account
 
 N_ACCOUNTS = 1000
 START_BALANCE = 1000
@@ -36,43 +50,56 @@ APP = textwrap.dedent(
     """
     import collections, json, random, sys, threading, time, warnings
     import shardsession as ss
-    from shardsession.coordinator.routing import shard_for_key
-    from tests.coordinator.models import Account
+    from shardsession.exc import TwoPhaseCommitPendingWarning, TwoPhaseError
+    from tests.faults.models import Account, Entry
 
     dsns = json.loads(sys.argv[1])
-    seed, seconds = int(sys.argv[2]), float(sys.argv[3])
-    threads, n = int(sys.argv[4]), int(sys.argv[5])
-    pool = ss.create_pool(dsns, workers_per_shard=threads, recovery_interval=None,
-                          monitor_interval=0.2, checkout_timeout=20, statement_timeout=2)
-    pids = [p for ps in pool.worker_pids().values() for p in ps]
-    print(json.dumps({"workers": pids}), flush=True)
-    shard_of = {i: shard_for_key(i, list(dsns)) for i in range(1, n + 1)}
+    seed, threads, n = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    # background recovery runs often, with a short grace: it settles what killed
+    # applications left prepared while the others keep transferring (and races them)
+    shards = ss.create_shards(dsns, pool_size=threads, max_overflow=threads, pool_timeout=20,
+                              statement_timeout=2, pool_pre_ping=True,
+                              recovery_interval=1.0, recovery_grace=3.0)
+    with ss.Session(shards) as s:  # every shard's pool has a worker before the chaos
+        for shard in shards:
+            s.connection(bind_arguments={"shard_id": shard})
+    shard_of = {i: ss.shard_for_key(list(dsns), i) for i in range(1, n + 1)}
     lock = threading.Lock()
     counts = collections.Counter()
     errors = collections.Counter()
+
+    def say(**data):
+        with lock:
+            print(json.dumps(data), flush=True)
+
+    say(ready=True)
 
     def pending(message, category, *args, **kwargs):
         with lock:
             counts["pending_warnings"] += 1
 
     # TwoPhaseCommitPendingWarning: committed, the rest is left to recovery
+    warnings.simplefilter("always", TwoPhaseCommitPendingWarning)
     warnings.showwarning = pending
-    deadline = time.monotonic() + seconds
+    # every application stops at the same moment: the test's deadline (wall clock)
+    deadline = time.monotonic() + float(sys.stdin.readline()) - time.time()
 
     def run(k):
         rnd = random.Random(seed * 1000 + k)
+        done = 0
         while time.monotonic() < deadline:
-            a = rnd.randint(1, n)
-            b = rnd.randint(1, n)
+            a, b = rnd.randint(1, n), rnd.randint(1, n)
             if shard_of[a] == shard_of[b]:
                 continue
             amount = rnd.randint(1, 300)
-            s = ss.Session(pool)
+            done += 1
+            transfer = f"{seed}-{k}-{done}"
+            s = ss.Session(shards)
+            committing = False
             try:
                 got = {}
-                for i in sorted((a, b)):  # lock in id order: fewer deadlocks
-                    got[i] = s.get(Account, i, with_for_update=True,
-                                   bind_arguments={"shard_id": shard_of[i]})
+                for i in sorted((a, b)):  # lock in id order: no deadlock between transfers
+                    got[i] = s.get(Account, i, with_for_update=True)
                 src, dst = got[a], got[b]
                 if src.balance < amount:
                     s.rollback()
@@ -80,10 +107,18 @@ APP = textwrap.dedent(
                 else:
                     src.balance -= amount
                     dst.balance += amount
+                    s.add_all([Entry(transfer=transfer, account_id=a, delta=-amount),
+                               Entry(transfer=transfer, account_id=b, delta=amount)])
+                    committing = True
                     s.commit()
                     outcome = "committed"
+                    say(ok=transfer)
             except Exception as err:
                 outcome = "aborted"
+                if committing:
+                    unknown = isinstance(err, TwoPhaseError) and "not known" in str(err)
+                    say(failed=transfer, error=type(err).__name__, unknown=unknown,
+                        message=str(err).splitlines()[0][:300])
                 with lock:
                     errors[type(err).__name__] += 1
                 try:
@@ -104,80 +139,26 @@ APP = textwrap.dedent(
         t.start()
     for t in ts:
         t.join()
-    pool.close()
-    print(json.dumps({"counts": dict(counts), "errors": dict(errors)}), flush=True)
+    shards.close()
+    say(counts=dict(counts), errors=dict(errors))
     """
 )
-
-
-def _children_of() -> dict[int, list[int]]:
-    """ppid -> child pids, from /proc."""
-    out: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] == "Z":
-            continue
-        out.setdefault(int(fields[1]), []).append(int(entry))
-    return out
-
-
-def _workers_of(app_pid: int) -> list[int]:
-    """The pool workers of an application process: its grandchildren.
-
-    Workers are started by the forkserver (a child of the application); the
-    forkserver and the resource tracker themselves are children.
-    """
-    tree = _children_of()
-    return [g for c in tree.get(app_pid, []) for g in tree.get(c, [])]
-
-
-def _descendants(pid: int) -> set[int]:
-    tree = _children_of()
-    out, todo = set(), [pid]
-    while todo:
-        for c in tree.get(todo.pop(), []):
-            out.add(c)
-            todo.append(c)
-    return out
-
-
-def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
-
-
-def _sum(dsns: dict[str, str], query: str) -> dict[str, int]:
-    out = {}
-    for shard, dsn in dsns.items():
-        with psycopg.connect(dsn) as conn:
-            out[shard] = conn.execute(query).fetchone()[0]
-    return out
 
 
 class _App:
     """One application process and what it printed."""
 
-    def __init__(self, dsns: dict[str, str], seed: int, seconds: float, threads: int) -> None:
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    def __init__(self, dsns: dict[str, str], seed: int, threads: int) -> None:
         self._err = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", APP, json.dumps(dsns), str(seed), str(seconds),
-             str(threads), str(N_ACCOUNTS)],
-            stdout=subprocess.PIPE, stderr=self._err, text=True, cwd=root,
+            [sys.executable, "-c", APP, json.dumps(dsns), str(seed), str(threads),
+             str(N_ACCOUNTS)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err, text=True,
+            cwd=support.ROOT,
         )  # fmt: skip
         self.killed = False
         self.ready = threading.Event()
-        self.lines: list[dict] = []
+        self.lines: list[dict[str, Any]] = []
         self.seen: set[int] = set()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -191,9 +172,14 @@ class _App:
             except ValueError:
                 continue
             self.lines.append(data)
-            if "workers" in data:
-                self.seen.update(data["workers"])
+            if "ready" in data:
                 self.ready.set()
+
+    def start_transfers(self, until: float) -> None:
+        """Let it transfer until ``until`` (``time.time()``); it reads this once ready."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"{until}\n")
+        self.proc.stdin.close()
 
     def finish(self, timeout: float) -> None:
         try:
@@ -208,39 +194,65 @@ class _App:
 
 
 @pytest.fixture
-def accounts(shard_pool, clean_shards):
-    import shardsession as ss
-    from tests.coordinator.models import Account, Base
-
-    Base.metadata.create_all(shard_pool)
-    with ss.Session(shard_pool) as s:
-        s.add_all(
-            [
-                Account(id=i, tenant_id=i, owner=f"o{i}", balance=START_BALANCE)
-                for i in range(1, N_ACCOUNTS + 1)
-            ]
-        )
+def accounts(fault_shards: ss.ShardSet, clean_shards: dict[str, str]) -> dict[str, str]:
+    """N_ACCOUNTS accounts of START_BALANCE, spread over the shards."""
+    shards = list(clean_shards)
+    ids = sorted(range(1, N_ACCOUNTS + 1), key=lambda i: ss.shard_for_key(shards, i))
+    with ss.Session(fault_shards) as s:  # by shard: the flush batches each shard's rows
+        s.add_all([Account(id=i, owner=f"o{i}", balance=START_BALANCE) for i in ids])
         s.commit()
-    yield clean_shards
+    return clean_shards
+
+
+def _ledger(dsns: dict[str, str]) -> dict[str, list[tuple[str, int, int]]]:
+    """Transfer id -> its entries ``(shard, account, delta)`` on every shard."""
+    out: dict[str, list[tuple[str, int, int]]] = defaultdict(list)
+    for shard, dsn in dsns.items():
+        for transfer, account, delta in support.rows(
+            dsn, "SELECT transfer, account_id, delta FROM fault_entry"
+        ):
+            out[transfer].append((shard, account, delta))
+    return out
+
+
+def _check_books(dsns: dict[str, str], ok: set[str], failed: dict[str, str]) -> int:
+    """Every transfer all or nothing, and as ``commit()`` said; return how many there are."""
+    ledger = _ledger(dsns)
+    torn = {t: e for t, e in ledger.items() if len(e) != 2 or sum(d for _, _, d in e) != 0}
+    assert not torn, f"transfers committed on one shard only: {dict(list(torn.items())[:5])}"
+    lost = sorted(ok - set(ledger))
+    assert not lost, f"commit() returned but the transfer is not there: {lost[:10]}"
+    ghosts = {t: failed[t] for t in failed if t in ledger}
+    assert not ghosts, f"commit() raised but the transfer was committed: {ghosts}"
+    for shard, dsn in dsns.items():
+        wrong = support.rows(
+            dsn,
+            "SELECT a.id, a.balance, coalesce(sum(e.delta), 0) FROM fault_account a "
+            "LEFT JOIN fault_entry e ON e.account_id = a.id GROUP BY a.id, a.balance "
+            "HAVING a.balance <> %s + coalesce(sum(e.delta), 0)",
+            (START_BALANCE,),
+        )
+        assert not wrong, f"balances on {shard} that their entries do not explain: {wrong[:5]}"
+    return len(ledger)
 
 
 def test_transfers_keep_the_money_under_chaos(
-    accounts, shard_pool, soak_seconds: float, monkeypatch: pytest.MonkeyPatch
+    accounts: dict[str, str], soak_seconds: float
 ) -> None:
     dsns = accounts
-    # only this test recovers (the session pool's background recovery would too)
-    monkeypatch.setattr(shard_pool, "recovery_interval", None)
     soak = soak_seconds > 0
-    seconds = soak_seconds if soak else 10.0
+    seconds = soak_seconds if soak else 8.0
     n_apps, threads = (4, 4) if soak else (2, 2)
     app_kills = max(2, int(seconds // 30)) if soak else 2
     rnd = random.Random(SEED)
     started = time.monotonic()
-    deadline = started + seconds
-    apps = [_App(dsns, SEED + k, seconds, threads) for k in range(n_apps)]
+    apps = [_App(dsns, SEED + k, threads) for k in range(n_apps)]
     for app in apps:
         assert app.ready.wait(60), "an application process did not start"
-    deadline = time.monotonic() + seconds  # children count from their pool's start
+    until = time.time() + seconds
+    deadline = time.monotonic() + seconds
+    for app in apps:
+        app.start_transfers(until)
     kill_at = sorted(
         time.monotonic() + seconds * (k + 1) / (app_kills + 1) for k in range(app_kills)
     )
@@ -248,31 +260,29 @@ def test_transfers_keep_the_money_under_chaos(
     next_seed = SEED + 100
     while time.monotonic() < deadline - 1.0:
         time.sleep(rnd.uniform(0.2, 0.6))
-        # only applications whose pool has started (a worker killed inside
-        # create_pool fails the start: that is not what this test is about)
+        # only applications whose shards are set up (a worker killed while it starts
+        # fails the start: that is not what this test is about)
         live = [a for a in apps if a.proc.poll() is None and not a.killed and a.ready.is_set()]
         for app in live:
-            app.seen.update(_descendants(app.proc.pid))
+            app.seen.update(support.descendants(app.proc.pid))
         if kill_at and time.monotonic() >= kill_at[0] and live:
             kill_at.pop(0)
             victim = rnd.choice(live)
-            victim.seen.update(_descendants(victim.proc.pid))
+            victim.seen.update(support.descendants(victim.proc.pid))
             victim.proc.send_signal(signal.SIGKILL)
             victim.killed = True
             apps_killed += 1
             left = deadline - time.monotonic()
             if left > 2:
-                replacement = _App(dsns, next_seed, left, threads)
+                apps.append(_App(dsns, next_seed, threads))
+                apps[-1].start_transfers(until)
                 next_seed += 1
-                apps.append(replacement)
             continue
         if live:
-            app = rnd.choice(live)
-            workers = _workers_of(app.proc.pid)
+            workers = support.workers_of(rnd.choice(live).proc.pid)
             if workers:
-                with_pid = rnd.choice(workers)
                 try:
-                    os.kill(with_pid, signal.SIGKILL)
+                    os.kill(rnd.choice(workers), signal.SIGKILL)
                     workers_killed += 1
                 except ProcessLookupError:
                     pass
@@ -282,32 +292,45 @@ def test_transfers_keep_the_money_under_chaos(
     t_apps = time.monotonic()
     # every worker ever seen has exited (those of killed applications notice by themselves)
     seen = {p for a in apps for p in a.seen}
-    end = time.monotonic() + 20
-    while not all(_gone(p) for p in seen) and time.monotonic() < end:
-        time.sleep(0.1)
-    assert all(_gone(p) for p in seen), sorted(p for p in seen if not _gone(p))
-
+    support.wait_for(
+        lambda: all(support.gone(p) for p in seen),
+        20,
+        f"every worker to exit: {sorted(p for p in seen if not support.gone(p))}",
+        step=0.1,
+    )
     t_exit = time.monotonic()
+
     finished = [a for a in apps if not a.killed]
     for app in finished:
         assert app.proc.returncode == 0, app.stderr[-3000:]
     results = [line for a in finished for line in a.lines if "counts" in line]
     assert len(results) == len(finished)
-    committed = sum(r["counts"].get("committed", 0) for r in results)
-    aborted = sum(r["counts"].get("aborted", 0) for r in results)
-    skipped = sum(r["counts"].get("skipped", 0) for r in results)
-    pending = sum(r["counts"].get("pending_warnings", 0) for r in results)
-    errors: dict[str, int] = {}
+    counts: dict[str, int] = defaultdict(int)
+    errors: dict[str, int] = defaultdict(int)
     for r in results:
+        for name, count in r["counts"].items():
+            counts[name] += count
         for name, count in r["errors"].items():
-            errors[name] = errors.get(name, 0) + count
+            errors[name] += count
+    lines = [line for a in apps for line in a.lines]
+    ok = {line["ok"] for line in lines if "ok" in line}
+    failed = {
+        line["failed"]: f"{line['error']}: {line['message']}"
+        for line in lines
+        if "failed" in line and not line["unknown"]
+    }
 
-    report = recover(dsns, older_than=0)
+    # a killed application's recovery lock goes with its connection's backend
+    support.wait_for(lambda: not support.recovery_busy(dsns), 10, "the recovery locks")
+    report = ss.recover(dsns, older_than=0)
     assert not report.errors and not report.waiting and not report.skipped_shards, report
-    again = recover(dsns, older_than=0)  # idempotent: nothing left to do
+    again = ss.recover(dsns, older_than=0)  # idempotent: nothing left to do
     assert not again.committed and not again.rolled_back and not again.waiting, again
     assert not again.errors
 
+    transfers = _check_books(dsns, ok, failed)
+    # settled decisions are pruned: only the abort records (fences) stay
+    assert {outcome for _, _, outcome in support.decisions(dsns)} <= {"abort"}
     print(
         "\nbank: "
         + json.dumps(
@@ -319,10 +342,10 @@ def test_transfers_keep_the_money_under_chaos(
                 "threads": threads,
                 "apps_killed": apps_killed,
                 "workers_killed": workers_killed,
-                "committed": committed,
-                "aborted": aborted,
-                "skipped": skipped,
-                "pending_warnings": pending,
+                "transfers_in_ledger": transfers,
+                "acknowledged": len(ok),
+                "failed_at_commit": len(failed),
+                **counts,
                 "recovered_committed": len(report.committed),
                 "recovered_rolled_back": len(report.rolled_back),
                 "pruned": report.pruned + again.pruned,
@@ -330,86 +353,83 @@ def test_transfers_keep_the_money_under_chaos(
             }
         )
     )
-    assert committed > 0
-    balances = _sum(dsns, "SELECT coalesce(sum(balance), 0) FROM acct")
-    rows = _sum(dsns, "SELECT count(*) FROM acct")
-    negative = _sum(dsns, "SELECT count(*) FROM acct WHERE balance < 0")
-    assert sum(rows.values()) == N_ACCOUNTS, rows
-    assert sum(balances.values()) == N_ACCOUNTS * START_BALANCE, balances
-    assert sum(negative.values()) == 0, negative
-    prepared = _sum(
-        dsns, "SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()"
-    )
-    assert sum(prepared.values()) == 0, prepared
-    for dsn in dsns.values():  # nothing stays locked
-        with psycopg.connect(dsn) as conn:
-            conn.execute("SET lock_timeout = '2s'")
-            conn.execute("UPDATE acct SET balance = balance")
-            conn.rollback()
+    assert counts["committed"] > 0 and workers_killed > 0 and apps_killed > 0
+    assert support.total(dsns, "SELECT count(*) FROM fault_account") == N_ACCOUNTS
+    balance = support.total(dsns, "SELECT coalesce(sum(balance), 0) FROM fault_account")
+    assert balance == N_ACCOUNTS * START_BALANCE
+    assert support.total(dsns, "SELECT count(*) FROM fault_account WHERE balance < 0") == 0
+    assert support.prepared(dsns) == {}
+    support.assert_unlocked(dsns, "fault_account")
 
 
-def test_lost_reply_to_the_decision_commit_keeps_the_transaction_atomic(
-    accounts, monkeypatch: pytest.MonkeyPatch
+def test_lost_reply_to_the_decision_commit_keeps_the_transfer_atomic(
+    accounts: dict[str, str], fault_shards: ss.ShardSet
 ) -> None:
     """The commit point commits the decision, its worker dies before it hears so.
 
-    A deferred trigger makes the commit point's COMMIT take 1.5 s; its worker is
-    stopped while waiting (PostgreSQL finishes the commit meanwhile) and then
-    killed, so the coordinator never gets the reply.  The decision is durable, so
-    the transfer must end committed on both shards (now or by recovery), never
-    on one only.
+    A deferred trigger makes the commit point's COMMIT sleep.  Its worker is
+    stopped (SIGSTOP) while PostgreSQL runs that COMMIT, so the reply is never
+    read, and killed once the decision is visible.  The decision is durable, so
+    ``commit()`` must settle the lost reply as committed: the transfer ends
+    committed on both shards at once, with nothing left to recovery.
     """
-    from shardsession.coordinator.routing import shard_for_key
-
-    import shardsession as ss
-    from shardsession.twophase import COMMIT_LOG
-    from tests.coordinator.models import Account
-
     dsns = accounts
-    shards = sorted(dsns)
-    a = next(i for i in range(1, N_ACCOUNTS) if shard_for_key(i, list(dsns)) == shards[0])
-    b = next(i for i in range(1, N_ACCOUNTS) if shard_for_key(i, list(dsns)) == shards[1])
-    with psycopg.connect(dsns[shards[0]], autocommit=True) as conn:
+    shards = list(dsns)
+    a = next(i for i in range(1, N_ACCOUNTS) if ss.shard_for_key(shards, i) == "s0")
+    b = next(i for i in range(1, N_ACCOUNTS) if ss.shard_for_key(shards, i) == "s1")
+    with psycopg.connect(dsns["s0"], autocommit=True) as conn:
         conn.execute(
-            "CREATE OR REPLACE FUNCTION ss_test_slow() RETURNS trigger LANGUAGE plpgsql "
-            "AS $$ BEGIN PERFORM pg_sleep(1.5); RETURN NULL; END $$"
+            "CREATE OR REPLACE FUNCTION fault_slow() RETURNS trigger LANGUAGE plpgsql "
+            "AS $$ BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$"
         )
         conn.execute(
-            f"CREATE CONSTRAINT TRIGGER ss_test_slow AFTER INSERT ON {COMMIT_LOG} "
-            "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION ss_test_slow()"
+            f"CREATE CONSTRAINT TRIGGER fault_slow AFTER INSERT ON {COMMIT_LOG} "
+            "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION fault_slow()"
         )
-    pool = ss.create_pool(dsns, workers_per_shard=1, recovery_interval=None)
+    problems: list[str] = []
     try:
-        victims = pool.worker_pids()[shards[0]]
+        with support.recovery_paused(dsns), ss.Session(fault_shards) as session:
+            x, y = session.get(Account, a), session.get(Account, b)
+            x.balance -= 10
+            y.balance += 10
+            session.flush()
+            point = session.connection(bind_arguments={"shard_id": "s0"}).connection
+            worker = point.dbapi_connection.pid
+            backend = point.dbapi_connection.info.backend_pid
 
-        def stop_then_kill() -> None:
-            time.sleep(0.7)  # inside the commit point's COMMIT (the trigger sleeps)
-            for pid in victims:
-                os.kill(pid, signal.SIGSTOP)
-            time.sleep(2.0)  # PostgreSQL has committed; the reply is never read
-            for pid in victims:
-                os.kill(pid, signal.SIGKILL)
+            def in_commit() -> bool:
+                query = "SELECT wait_event FROM pg_stat_activity WHERE pid = %s"
+                return support.one(dsns["s0"], query, (backend,)) == "PgSleep"
 
-        s = ss.Session(pool)
-        x = s.get(Account, a, bind_arguments={"shard_id": shards[0]})
-        y = s.get(Account, b, bind_arguments={"shard_id": shards[1]})
-        x.balance -= 10
-        y.balance += 10
-        killer = threading.Thread(target=stop_then_kill)
-        killer.start()
-        s.commit()  # the decision committed although its reply was lost: a success
-        killer.join()
-        s.close()
+            def stop_then_kill() -> None:
+                try:
+                    support.wait_for(in_commit, 30, "the commit point's COMMIT to run")
+                    os.kill(worker, signal.SIGSTOP)  # the reply will never be read
+                    support.wait_for(lambda: bool(support.decisions(dsns)), 10, "the decision")
+                except BaseException as err:
+                    problems.append(repr(err))
+                finally:
+                    os.kill(worker, signal.SIGKILL)
+
+            killer = threading.Thread(target=stop_then_kill)
+            killer.start()
+            try:
+                session.commit()  # the decision committed although its reply was lost
+            finally:
+                killer.join(60)
+            assert not problems, problems
+            assert support.gone(worker), "the commit point's worker should be dead"
+            assert support.prepared(dsns) == {}, "commit() should have finished every shard"
     finally:
-        pool.close()
-        with psycopg.connect(dsns[shards[0]], autocommit=True) as conn:
-            conn.execute(f"DROP TRIGGER IF EXISTS ss_test_slow ON {COMMIT_LOG}")
-    recover(dsns, older_than=0)
-    balance = {}
-    for shard, ident in ((shards[0], a), (shards[1], b)):
-        with psycopg.connect(dsns[shard]) as conn:
-            balance[ident] = conn.execute(
-                "SELECT balance FROM acct WHERE id = %s", (ident,)
-            ).fetchone()[0]
+        ss.recover(dsns, older_than=0)  # what a failed check left prepared (and locked)
+        with psycopg.connect(dsns["s0"], autocommit=True) as conn:
+            conn.execute("SET lock_timeout = '10s'")
+            conn.execute(f"DROP TRIGGER IF EXISTS fault_slow ON {COMMIT_LOG}")
+    report = ss.recover(dsns, older_than=0)
+    assert not report.committed and not report.rolled_back and not report.errors, report
+    balance = {
+        ident: support.one(dsns[shard], "SELECT balance FROM fault_account WHERE id = %s", (ident,))
+        for shard, ident in (("s0", a), ("s1", b))
+    }
     # all or nothing -- and here all, since the decision was committed
-    assert (balance[a], balance[b]) == (START_BALANCE - 10, START_BALANCE + 10), balance
+    assert balance == {a: START_BALANCE - 10, b: START_BALANCE + 10}, balance

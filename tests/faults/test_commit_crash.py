@@ -1,174 +1,223 @@
-"""The application process dies at each point of a two-phase commit (os._exit,
-no cleanup); recovery then leaves every transaction committed on all its
-shards or on none, no prepared transaction behind, and no row locked."""
+"""The application process dies at each step of a two-phase commit.
+
+A child process commits 12 accounts, which land on all 4 shards: ``s0`` is the
+commit point (the first writer by name; it does not prepare), ``s1``-``s3`` are
+prepared.  The child dies with ``os._exit`` -- no cleanup, no ``finally``, as a
+SIGKILL would -- at a precise step, chosen by wrapping, in the child only, a
+method of the real commit coordinator or of the worker connection's ``send``.
+Its workers then exit by themselves, and recovery leaves the transaction
+committed on every shard or on none, exactly as the step implies, with nothing
+prepared, nothing locked, and the commit log holding only the fence of an abort.
+"""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
 import threading
-import time
 
-import psycopg
 import pytest
 
-from shardsession import recover
-from shardsession.twophase import COMMIT_LOG, parse_gid
+import shardsession as ss
+from shardsession.twophase import parse_gid
+from tests.faults import support
+from tests.faults.models import Account
+
+N_ROWS = 12
+SHARDS = ["s0", "s1", "s2", "s3"]
 
 APP = textwrap.dedent(
     """
     import json, os, sys
     import shardsession as ss
-    from shardsession.coordinator import transaction
-    from tests.coordinator.models import Account
+    from shardsession.coordinator import dbapi
+    from shardsession.coordinator.twophase import CommitCoordinator
+    from tests.faults.models import Account
 
     dsns, point, first_id = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-    pool = ss.create_pool(dsns, workers_per_shard=1, recovery_interval=None)
-    print(json.dumps([p for ps in pool.worker_pids().values() for p in ps]), flush=True)
+    shards = ss.create_shards(dsns, pool_size=1, recovery_interval=None)
 
-    def crash(name):
-        if name == point:
-            os._exit(9)
+    def crash(coordinator):
+        print(json.dumps({"crash": point, "global_id": coordinator.global_id,
+                          "commit_point": getattr(coordinator.commit_point, "shard", None)}),
+              flush=True)
+        os._exit(9)
 
-    transaction.crash_hook = crash
-    with ss.Session(pool) as s:
-        s.add_all([Account(id=first_id + i, tenant_id=first_id + i, owner="x", balance=1)
-                   for i in range(12)])
+    def wrap(cls, name, before=None, after=None):
+        original = getattr(cls, name)
+        def method(self, *args, **kwargs):
+            if before is not None:
+                before(self, *args, **kwargs)
+            out = original(self, *args, **kwargs)
+            if after is not None:
+                after(self, *args, **kwargs)
+            return out
+        setattr(cls, name, method)
+
+    sent = {}  # message type -> the connections it was sent to, in order
+
+    def before_send(conn, request):
+        kind = type(request).__name__
+        earlier = sent.setdefault(kind, [])
+        # a second PREPARE / COMMIT PREPARED is about to go out: first wait for the
+        # reply to the first one (it is done), then die
+        if (point, kind, len(earlier)) in (("after_prepare_some", "Prepare", 1),
+                                           ("after_commit_some", "FinishPrepared", 1)):
+            earlier[0].recv()
+            crash(conn.tpc)
+        if point == "after_prepare" and kind == "Decide":
+            crash(conn.tpc)  # every PREPARE acknowledged, the decision not sent
+
+    def after_send(conn, request):
+        sent.setdefault(type(request).__name__, []).append(conn)
+        if point == "decision_sent" and type(request).__name__ == "Decide":
+            crash(conn.tpc)  # the decision is on its way, its reply never read
+
+    wrap(dbapi.Connection, "send", before_send, after_send)
+    if point == "before_prepare":
+        wrap(CommitCoordinator, "prepare", lambda self, conn: crash(self))
+    if point == "after_decision":
+        wrap(CommitCoordinator, "_finish", lambda self, **kw: crash(self))
+
+    with ss.Session(shards) as s:
+        s.add_all([Account(id=first_id + i, owner="x", balance=1) for i in range(12)])
+        s.flush()
+        pids = {shard: s.connection(bind_arguments={"shard_id": shard}).connection
+                .dbapi_connection.pid for shard in sorted(dsns)}
+        print(json.dumps({"workers": pids}), flush=True)
         s.commit()
-    print("committed", flush=True)
+    print(json.dumps({"committed": True}), flush=True)
     """
 )
 
-POINTS = {
-    "after_flush": False,
-    "after_prepare_some": False,
-    "after_prepare": False,
-    "after_decision": True,
-    "after_commit_some": True,
+# step -> (shards left prepared by the crash, whether the transaction ends committed)
+# (None: either outcome, as long as it is all or nothing)
+POINTS: dict[str, tuple[int, bool | None]] = {
+    "before_prepare": (0, False),
+    "after_prepare_some": (1, False),
+    "after_prepare": (3, False),
+    "decision_sent": (3, None),
+    "after_decision": (3, True),
+    "after_commit_some": (2, True),
 }
 
 
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
+def _crash(dsns: dict[str, str], point: str, first_id: int) -> tuple[dict, dict]:
+    """Run the application until it dies at ``point``; wait for its workers to exit.
 
-
-def _wait(cond, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def _count(dsns: dict[str, str], sql: str, args: tuple = ()) -> dict[str, int]:
-    out = {}
-    for shard, dsn in dsns.items():
-        with psycopg.connect(dsn) as conn:
-            out[shard] = conn.execute(sql, args).fetchone()[0]
-    return out
-
-
-@pytest.fixture
-def accounts_table(shard_pool, clean_shards):
-    from tests.coordinator.models import Base
-
-    Base.metadata.create_all(shard_pool)
-    yield clean_shards
+    :returns: what it printed at the crash, and its workers (shard -> pid).
+    """
+    app = subprocess.run(
+        [sys.executable, "-c", APP, json.dumps(dsns), point, str(first_id)],
+        capture_output=True, text=True, cwd=support.ROOT, timeout=120,
+    )  # fmt: skip
+    assert app.returncode == 9, (app.returncode, app.stdout, app.stderr[-3000:])
+    lines = [json.loads(line) for line in app.stdout.splitlines()]
+    workers = next(line["workers"] for line in lines if "workers" in line)
+    crashed = next(line for line in lines if "crash" in line)
+    assert crashed["crash"] == point and not any("committed" in line for line in lines)
+    assert sorted(workers) == SHARDS, f"the {N_ROWS} rows should reach every shard: {workers}"
+    support.wait_for(
+        lambda: all(support.gone(p) for p in workers.values()),
+        15,
+        f"the workers {sorted(workers.values())} of the dead application to exit",
+    )
+    return crashed, workers
 
 
 @pytest.mark.parametrize("point", list(POINTS))
-def test_application_killed_during_commit(accounts_table, shard_pool, point: str) -> None:
-    dsns = accounts_table
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    app = subprocess.run(
-        [sys.executable, "-c", APP, json.dumps(dsns), point, "1000"],
-        capture_output=True, text=True, cwd=root, timeout=120,
-    )  # fmt: skip
-    assert app.returncode == 9, app.stderr
-    workers = json.loads(app.stdout.splitlines()[0])
-    _wait(lambda: all(_gone(p) for p in workers), 15, "the workers to exit")
-    prepared = _count(
-        dsns, "SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()"
-    )
-    report = recover(dsns, older_than=0)
-    assert not report.errors
-    rows = _count(dsns, "SELECT count(*) FROM acct WHERE id >= 1000")
-    total = sum(rows.values())
-    assert total == (12 if POINTS[point] else 0), (point, rows, report)
-    if POINTS[point] and point != "after_decision":
-        # The crash left participants prepared with a commit decision; the rows
-        # counted above show they were committed (by this recovery, or by the test
-        # pool's background round if that ran first).
-        background = shard_pool.last_recovery
-        assert sum(prepared.values()) > 0 or (background is not None and background.committed), (
-            "the crash should leave participants prepared"
-        )
-    left = _count(
-        dsns, "SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()"
-    )
-    assert sum(left.values()) == 0
-    for dsn in dsns.values():  # nothing stays locked
-        with psycopg.connect(dsn) as conn:
-            conn.execute("SET lock_timeout = '2s'")
-            conn.execute("UPDATE acct SET balance = balance WHERE id >= 1000")
-            conn.rollback()
-    # once everything is settled the decision records are pruned
-    time.sleep(0.05)
-    recover(dsns, older_than=0)
-    assert sum(_count(dsns, f"SELECT count(*) FROM {COMMIT_LOG}").values()) == 0
+def test_application_killed_during_commit(
+    fault_shards: ss.ShardSet, clean_shards: dict[str, str], point: str
+) -> None:
+    dsns = clean_shards
+    left, committed = POINTS[point]
+    ids = f"id BETWEEN 1000 AND {1000 + N_ROWS - 1}"
+    with support.recovery_paused(dsns):
+        crashed, _ = _crash(dsns, point, 1000)
+        in_doubt = support.prepared(dsns)
+    global_id, commit_point = crashed["global_id"], crashed["commit_point"]
+    if point != "before_prepare":
+        assert commit_point == "s0", crashed
+    gids = [g for gs in in_doubt.values() for g in gs]
+    assert len(gids) == left, f"after a crash at {point}: {in_doubt}"
+    assert all(parse_gid(g).global_id == global_id for g in gids), (global_id, in_doubt)
+    assert "s0" not in in_doubt, "the commit point never prepares"
+
+    report = ss.recover(dsns, older_than=0)
+    assert not report.errors and not report.waiting and not report.skipped_shards, report
+    if committed is None:  # the decision was in flight: it either committed or lost
+        committed = bool(report.committed)
+    settled = report.committed if committed else report.rolled_back
+    assert sorted(settled) == sorted(gids), report
+    assert not (report.rolled_back if committed else report.committed), report
+
+    count = support.total(dsns, f"SELECT count(*) FROM fault_account WHERE {ids}")
+    assert count == (N_ROWS if committed else 0), f"{count} of {N_ROWS} rows committed"
+    assert support.prepared(dsns) == {}
+    support.assert_unlocked(dsns, "fault_account", ids)
+    # the commit log: a committed transaction's decision is pruned once every
+    # participant is settled; an aborted one keeps its abort record (the fence that
+    # makes a late commit decision fail), and one that never prepared leaves nothing
+    again = ss.recover(dsns, older_than=0)
+    assert not again.committed and not again.rolled_back and not again.waiting, again
+    log = support.decisions(dsns)
+    if committed or left == 0:
+        assert log == [], log
+    else:
+        assert log == [("s0", global_id, "abort")], log
 
 
 def test_recovery_waits_for_the_grace_period_and_dry_run_changes_nothing(
-    accounts_table,
+    fault_shards: ss.ShardSet, clean_shards: dict[str, str]
 ) -> None:
-    dsns = accounts_table
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    app = subprocess.run(
-        [sys.executable, "-c", APP, json.dumps(dsns), "after_prepare", "2000"],
-        capture_output=True, text=True, cwd=root, timeout=120,
-    )  # fmt: skip
-    assert app.returncode == 9, app.stderr
-    workers = json.loads(app.stdout.splitlines()[0])
-    _wait(lambda: all(_gone(p) for p in workers), 15, "the workers to exit")
-    young = recover(dsns, older_than=3600)
-    assert young.waiting and not young.rolled_back and not young.committed
-    dry = recover(dsns, older_than=0, dry_run=True)
-    assert sorted(dry.rolled_back) == sorted(young.waiting)
-    assert sum(_count(dsns, f"SELECT count(*) FROM {COMMIT_LOG}").values()) == 0
-    # two recoverers at once: each transaction is settled exactly once
-    reports = []
+    dsns = clean_shards
+    with support.recovery_paused(dsns):
+        crashed, _ = _crash(dsns, "after_prepare", 2000)
+    in_doubt = sorted(g for gs in support.prepared(dsns).values() for g in gs)
+    assert support.shards_of(in_doubt) == ["s1", "s2", "s3"]
+
+    young = ss.recover(dsns, older_than=3600)
+    assert sorted(young.waiting) == in_doubt, young
+    assert not young.rolled_back and not young.committed and not young.pruned
+    dry = ss.recover(dsns, older_than=0, dry_run=True)
+    assert sorted(dry.rolled_back) == in_doubt and not dry.committed, dry
+    assert sorted(g for gs in support.prepared(dsns).values() for g in gs) == in_doubt
+    assert support.decisions(dsns) == [], "a dry run must write no decision"
+
+    # two recoverers at once: between them every transaction is settled, each by
+    # presumed abort (both see the same abort record)
+    reports: list[ss.RecoveryReport] = []
     threads = [
-        threading.Thread(target=lambda: reports.append(recover(dsns, older_than=0)))
+        threading.Thread(target=lambda: reports.append(ss.recover(dsns, older_than=0)))
         for _ in range(2)
     ]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
-    settled = [g for r in reports for g in r.rolled_back]
-    assert sorted(set(settled)) == sorted(young.waiting)
-    left = _count(
-        dsns, "SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()"
-    )
-    assert sum(left.values()) == 0
-    assert all(parse_gid(g) is not None for g in settled)
+    assert len(reports) == 2, "a recoverer did not finish in 60 s"
+    assert not any(r.committed or r.errors for r in reports), reports
+    assert sorted({g for r in reports for g in r.rolled_back}) == in_doubt, reports
+    leftovers = ss.recover(dsns, older_than=0)
+    assert not leftovers.committed and not leftovers.rolled_back and not leftovers.waiting
+    assert support.prepared(dsns) == {}
+    assert support.decisions(dsns) == [("s0", crashed["global_id"], "abort")]
+    assert support.total(dsns, "SELECT count(*) FROM fault_account") == 0
 
 
-def test_committed_transactions_leave_no_decision_behind(session, shard_pool) -> None:
-    from tests.coordinator.models import Account, Base
-
-    Base.metadata.create_all(shard_pool)
-    session.add_all([Account(id=i, tenant_id=i, owner="y") for i in range(1, 13)])
-    session.commit()
-    dsns = shard_pool.shards
-    assert sum(_count(dsns, f"SELECT count(*) FROM {COMMIT_LOG}").values()) == 1
-    time.sleep(0.05)
-    report = shard_pool.recover(older_than=0)
-    assert report.pruned == 1 and not report.committed and not report.rolled_back
+def test_committed_transactions_leave_no_decision_behind(
+    fault_shards: ss.ShardSet, clean_shards: dict[str, str]
+) -> None:
+    dsns = clean_shards
+    with support.recovery_paused(dsns), ss.Session(fault_shards) as session:
+        session.add_all([Account(id=i, owner="y") for i in range(1, N_ROWS + 1)])
+        session.commit()
+        log = support.decisions(dsns)
+        assert [(shard, outcome) for shard, _, outcome in log] == [("s0", "commit")], log
+        assert support.prepared(dsns) == {}
+    report = fault_shards.recover(older_than=0)
+    assert report.pruned == 1 and not report.committed and not report.rolled_back, report
+    assert support.decisions(dsns) == []
+    assert support.total(dsns, "SELECT count(*) FROM fault_account") == N_ROWS
