@@ -82,6 +82,15 @@ class Plan:
     specs: list[tuple[Any, ...]] = field(default_factory=list)  # per shard-row column
     group: list[Any] = field(default_factory=list)
     having: Callable[[Row], bool] | None = None
+    #: after merging rows of entities: (shard, position in that shard's rows) in the
+    #: final order, or None when the shards' rows are simply concatenated
+    merged_order: list[tuple[Any, int]] | None = None
+
+    @property
+    def concatenates(self) -> bool:
+        """Whether the result is just every shard's rows one after the other."""
+        return not (self.aggregate or self.order or self.distinct is not None
+                    or self.offset or self.limit is not None)  # fmt: skip
 
     def positions(self, names: Sequence[str]) -> Callable[[Any], int]:
         """A resolver from column references to positions in rows with these names."""

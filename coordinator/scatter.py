@@ -277,6 +277,12 @@ def _serve(select_plan: plan.Plan | None, results: dict[Any, Result], first: Any
         rows = [r for res in results.values() for r in res.rows]
         merged = plan.combine_aggregates(select_plan, names, rows)
         return {first: Result(description, merged, len(merged))}
+    if select_plan.concatenates:  # nothing to merge: each shard keeps its rows, in order
+        if not select_plan.entities:
+            rows = [row for res in results.values() for row in res.rows]
+            return {first: Result(description, rows, len(rows))}
+        select_plan.merged_order = None
+        return {shard: res for shard, res in results.items() if res.rows or shard == first}
     streams = [[(*row, shard) for row in res.rows] for shard, res in results.items()]
     merged = plan.merge_rows(select_plan, names, streams)
     if not select_plan.entities:
@@ -289,7 +295,7 @@ def _serve(select_plan: plan.Plan | None, results: dict[Any, Result], first: Any
         mine = kept.setdefault(shard, [])
         order.append((shard, len(mine)))
         mine.append(row[:-1])
-    select_plan.merged_order = order  # type: ignore[attr-defined]
+    select_plan.merged_order = order
     out = {shard: Result(results[shard].description, rows, len(rows))
            for shard, rows in kept.items()}  # fmt: skip
     out.setdefault(first, Result(description, [], 0))
@@ -298,14 +304,16 @@ def _serve(select_plan: plan.Plan | None, results: dict[Any, Result], first: Any
 
 def _combine_select(select_plan: plan.Plan, results: dict[Any, Any], served: dict[Any, Result],
                     first: Any) -> Any:  # fmt: skip
+    if select_plan.concatenates:  # no helper columns: SQLAlchemy's own merged result
+        ordered = [results[first], *(r for s, r in results.items() if s != first)]
+        return ordered[0].merge(*ordered[1:]) if len(ordered) > 1 else ordered[0]
     if select_plan.entities:
         # one result row per shard row, duplicates included (joined eager loading of
         # collections repeats its entity): the caller's unique() applies to the merge
         results = {s: r.unique(_every_row) for s, r in results.items()}
     rows = {s: parts.frozen_rows(r.freeze()) for s, r in results.items()}
     if select_plan.entities:
-        order = getattr(select_plan, "merged_order", [])
-        merged = [rows[s][i] for s, i in order]
+        merged = [rows[s][i] for s, i in select_plan.merged_order or ()]
     else:
         merged = rows[first]
     objects = bool(results[first]._source_supports_scalars)
