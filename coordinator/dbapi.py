@@ -67,6 +67,7 @@ __all__ = [
     "apilevel",
     "broadcast",
     "connect",
+    "exchange",
     "paramstyle",
     "threadsafety",
 ]
@@ -101,6 +102,33 @@ def connect(*args: Any, **kwargs: Any) -> Connection:
     if conninfo:
         kwargs["conninfo"] = conninfo
     return Connection(str(shard), kwargs, start_method)
+
+
+def exchange(calls: Sequence[tuple[Connection, p.Request]]) -> list[Any]:
+    """Send every request, then read every reply: one value or exception per call.
+
+    Everything is sent before anything is read, so the workers run in parallel;
+    every reply owed is read even when some fail, so no connection is left with
+    a reply nobody will read.  Never raises: failures are returned in place.
+    """
+    sent: list[bool] = []
+    outcomes: list[Any] = []
+    for conn, request in calls:
+        try:
+            conn.send(request)
+        except Exception as err:
+            sent.append(False)
+            outcomes.append(err)
+        else:
+            sent.append(True)
+            outcomes.append(None)
+    for i, (conn, _) in enumerate(calls):
+        if sent[i]:
+            try:
+                outcomes[i] = conn.recv()
+            except Exception as err:
+                outcomes[i] = err
+    return outcomes
 
 
 class _Info:

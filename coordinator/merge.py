@@ -49,7 +49,6 @@ __all__ = [
     "merge_sorted",
     "numeric_div",
     "offset_limit",
-    "project",
     "sort_key",
     "sort_rows",
     "unique_rows",
@@ -150,12 +149,6 @@ def offset_limit(rows: Iterable[Row], offset: int | None, limit: int | None) -> 
     if start == 0 and limit is None:
         return iter(rows)
     return itertools.islice(rows, start, None if limit is None else start + limit)
-
-
-def project(rows: Iterable[Row], width: int) -> Iterator[Row]:
-    """Yield the first *width* columns of each row (drops the helper columns)."""
-    for row in rows:
-        yield row if len(row) == width else row[:width]
 
 
 def hashable(value: Any) -> Hashable:

@@ -115,11 +115,13 @@ class ShardKey:
         self.type = self.column.type
         self.class_name = mapper.class_.__name__
 
+    def normalize(self, value: Any) -> Any:
+        """``value`` as this key's column stores it (see :func:`normalize_key`)."""
+        return normalize_key(value, self.type, f"{self.class_name}.{self.attr}")
+
     def value_of(self, instance: Any) -> Any:
         """The instance's key value, normalized."""
-        return normalize_key(
-            getattr(instance, self.attr, None), self.type, f"{self.class_name}.{self.attr}"
-        )
+        return self.normalize(getattr(instance, self.attr, None))
 
 
 _NO_KEY = object()
@@ -254,14 +256,11 @@ def _pinned(
     key = keys.get(left) if isinstance(left, Column) else None
     if key is None or not isinstance(right, BindParameter):
         return None
-    value = params.get(right.key, right.effective_value) if right.key in params else (
-        right.effective_value
-    )  # fmt: skip
-    where = f"{key.class_name}.{key.attr}"
+    value = params[right.key] if right.key in params else right.effective_value
     if clause.operator is operators.eq:
-        return {normalize_key(value, key.type, where)}
+        return {key.normalize(value)}
     if clause.operator is operators.in_op and isinstance(value, (list, tuple, set, frozenset)):
-        return {normalize_key(v, key.type, where) for v in value}
+        return {key.normalize(v) for v in value}
     return None
 
 

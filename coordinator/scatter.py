@@ -195,16 +195,11 @@ class _Broadcast:
             check_textual_scatter(sql)
         self.sql, self.params = sql, params
         request = Execute(sql, params)
-        for c in self.conns.values():
-            c.send(request)
-        error = None
-        for shard, c in self.conns.items():
-            try:
-                self.results[shard] = c.recv()
-            except Exception as err:
-                error = error or err
-        if error is not None:
-            raise error
+        outcomes = dbapi.exchange([(c, request) for c in self.conns.values()])
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):
+                raise outcome
+        self.results = dict(zip(self.conns, outcomes))
         return None  # the caller decides what the first shard's cursor gets
 
 
@@ -358,7 +353,7 @@ def _insert(orm_context: Any) -> Any:
                     f"a bulk INSERT of {key.class_name} has a row without {key.attr!r}, its "
                     "shard key: give every row its key, or pass bind_arguments={'shard_id': ...}"
                 )
-            value = key.value_of(_Values(key.attr, p[key.attr]))
+            value = key.normalize(p[key.attr])
             groups.setdefault(routing.shard_for_key(session._shard_names, value), []).append(p)
         results = [_execute_group(orm_context, shard, rows) for shard, rows in groups.items()]
         if len(results) == 1:
@@ -367,7 +362,7 @@ def _insert(orm_context: Any) -> Any:
         merged.rowcount = sum(max(getattr(r, "rowcount", 0), 0) for r in results)
         return merged
     if isinstance(params, dict) and key is not None and key.attr in params:
-        value = key.value_of(_Values(key.attr, params[key.attr]))
+        value = key.normalize(params[key.attr])
         return _invoke(orm_context, routing.shard_for_key(session._shard_names, value))
     return _invoke(orm_context, session.shard_chooser(mapper, None, clause=orm_context.statement))
 
@@ -392,7 +387,7 @@ def _bulk_update(orm_context: Any) -> Any:
     groups: dict[Any, list[dict[str, Any]]] = {}
     if key is not None and all(key.attr in p for p in params):
         for p in params:
-            value = key.value_of(_Values(key.attr, p[key.attr]))
+            value = key.normalize(p[key.attr])
             groups.setdefault(routing.shard_for_key(session._shard_names, value), []).append(p)
     else:  # find each row's shard: one parallel SELECT of the keys on every shard
         wanted = {tuple(p[a] for a in pk_attrs): p for p in params}
@@ -414,11 +409,6 @@ def _bulk_update(orm_context: Any) -> Any:
     merged = results[0].merge(*results[1:])
     merged.rowcount = sum(max(getattr(r, "rowcount", 0), 0) for r in results)
     return merged
-
-
-class _Values:
-    def __init__(self, attr: str, value: Any) -> None:
-        setattr(self, attr, value)
 
 
 # -- streaming ---------------------------------------------------------------------

@@ -173,9 +173,7 @@ class Session(ShardedSession):
                     value = (
                         primary_key[i] if isinstance(primary_key, (tuple, list)) else primary_key
                     )
-                    where = f"{key.class_name}.{key.attr}"
-                    normalized = routing.normalize_key(value, key.type, where)
-                    return [routing.shard_for_key(self._shard_names, normalized)]
+                    return [routing.shard_for_key(self._shard_names, key.normalize(value))]
         return list(self._shard_names)
 
     def _default_execute_chooser(self, orm_context: Any) -> list[Any]:

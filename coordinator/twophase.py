@@ -32,6 +32,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from shardsession.coordinator.dbapi import exchange
 
 from shardsession import protocol as p
 from shardsession.exc import TwoPhaseCommitPendingWarning, TwoPhaseError
@@ -127,17 +128,11 @@ class CommitCoordinator:
         self._finish(commit=True)
 
     def _one_phase(self) -> None:
-        for part in self.parts:
-            part.send(p.Commit())
-        errors = []
-        for part in self.parts:
-            try:
-                part.recv()
-            except Exception as err:
-                errors.append(err)
+        outcomes = exchange([(part, p.Commit()) for part in self.parts])
         self._done("committed")
-        if errors:
-            raise errors[0]
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):
+                raise outcome
 
     def _finish(self, *, commit: bool) -> None:
         """Phase two after the decision: finish the prepared shards, commit the readers."""
@@ -145,25 +140,13 @@ class CommitCoordinator:
         calls = [(c, p.FinishPrepared(participant_gid(self.global_id, c.shard), commit))
                  for c in self.prepared]  # fmt: skip
         calls += [(c, p.Commit() if commit else p.Rollback()) for c in readers]
-        missed = []
-        for part, request in calls:
-            try:
-                part.send(request)
-            except Exception:
-                missed.append(part.shard)
-                continue
-        for part, _ in calls:
-            if part.shard in missed:
-                continue
-            try:
-                part.recv()
-            except Exception:
-                missed.append(part.shard)
+        outcomes = exchange(calls)
+        missed = [part.shard for (part, _), o in zip(calls, outcomes) if isinstance(o, Exception)]
         self._done("committed" if commit else "aborted")
         if missed and commit:
             warnings.warn(
                 f"transaction {self.global_id} is committed (its decision is recorded on "
-                f"{self.commit_point.shard!r}), but shards {sorted(set(missed))} were not "
+                f"{self.commit_point.shard!r}), but shards {sorted(missed)} were not "
                 "reached to finish it; recovery completes them (ShardSet.recover() or "
                 "`shardsession recover`)",
                 TwoPhaseCommitPendingWarning,
@@ -215,12 +198,7 @@ class CommitCoordinator:
                     calls.append((part, p.FinishPrepared(gid, False)))
             elif not (commit_point_done and part is self.commit_point):
                 calls.append((part, p.Rollback()))
-        for part, request in calls:
-            with contextlib.suppress(Exception):
-                part.send(request)
-        for part, _ in calls:
-            with contextlib.suppress(Exception):
-                part.drain()
+        exchange(calls)  # a failure here leaves a prepared part to recovery
         if in_doubt:
             self._roll_back_in_doubt(in_doubt)
         self._done("aborted")
