@@ -4,8 +4,9 @@ The program is ``programs/association_basic.py`` (SQLAlchemy's
 examples/association/basic_association.py) with ``__shard_key__ = "description"``
 added to ``Item`` when the test runs: the items spread over the shards while the
 order goes to the first shard, and each ``OrderItem`` links the order to an item.  On
-plain SQLAlchemy it runs; on shardsession its commit must fail with :class:`shardsession.exc.CrossShardError`
-whose message names the fix, not with a database error or a silently broken link.
+plain SQLAlchemy it runs; on shardsession its commit must fail with
+:class:`shardsession.exc.CrossShardError` whose message names the fix, not with a
+database error or a silently broken link.
 """
 
 from __future__ import annotations
