@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -159,3 +161,43 @@ def recovery_paused(dsns: Mapping[str, str]) -> Iterator[None]:
             conn = stack.enter_context(psycopg.connect(dsn, autocommit=True))
             conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         yield
+
+
+@contextlib.contextmanager
+def reply_lost(
+    session: Any, dsns: Mapping[str, str], shard: str, running: str,
+    effect: Callable[[], bool], effect_what: str,
+) -> Iterator[int]:  # fmt: skip
+    """Lose the reply of the request the body sends to ``shard``'s worker.
+
+    When the worker's backend sleeps (in a test trigger: ``running`` says what it
+    runs), the worker is stopped, so its reply is never read; once ``effect()``
+    shows the request took effect in PostgreSQL, the worker is killed.  Yields the
+    worker's pid; the thread's problems fail the test.
+    """
+    dbapi_connection = session.connection(bind_arguments={"shard_id": shard}).connection
+    worker = dbapi_connection.dbapi_connection.pid
+    backend = dbapi_connection.dbapi_connection.info.backend_pid
+    problems: list[str] = []
+
+    def sleeping() -> bool:
+        query = "SELECT wait_event FROM pg_stat_activity WHERE pid = %s"
+        return one(dsns[shard], query, (backend,)) == "PgSleep"
+
+    def stop_then_kill() -> None:
+        try:
+            wait_for(sleeping, 30, running)
+            os.kill(worker, signal.SIGSTOP)  # the reply will never be read
+            wait_for(effect, 10, effect_what)
+        except BaseException as err:
+            problems.append(repr(err))
+        finally:
+            os.kill(worker, signal.SIGKILL)
+
+    killer = threading.Thread(target=stop_then_kill)
+    killer.start()
+    try:
+        yield worker
+    finally:
+        killer.join(60)
+    assert not problems, problems

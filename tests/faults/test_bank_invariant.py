@@ -386,38 +386,17 @@ def test_lost_reply_to_the_decision_commit_keeps_the_transfer_atomic(
             f"CREATE CONSTRAINT TRIGGER fault_slow AFTER INSERT ON {COMMIT_LOG} "
             "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION fault_slow()"
         )
-    problems: list[str] = []
     try:
         with support.recovery_paused(dsns), ss.Session(fault_shards) as session:
             x, y = session.get(Account, a), session.get(Account, b)
             x.balance -= 10
             y.balance += 10
             session.flush()
-            point = session.connection(bind_arguments={"shard_id": "s0"}).connection
-            worker = point.dbapi_connection.pid
-            backend = point.dbapi_connection.info.backend_pid
-
-            def in_commit() -> bool:
-                query = "SELECT wait_event FROM pg_stat_activity WHERE pid = %s"
-                return support.one(dsns["s0"], query, (backend,)) == "PgSleep"
-
-            def stop_then_kill() -> None:
-                try:
-                    support.wait_for(in_commit, 30, "the commit point's COMMIT to run")
-                    os.kill(worker, signal.SIGSTOP)  # the reply will never be read
-                    support.wait_for(lambda: bool(support.decisions(dsns)), 10, "the decision")
-                except BaseException as err:
-                    problems.append(repr(err))
-                finally:
-                    os.kill(worker, signal.SIGKILL)
-
-            killer = threading.Thread(target=stop_then_kill)
-            killer.start()
-            try:
+            with support.reply_lost(
+                session, dsns, "s0", "the commit point's COMMIT to run",
+                lambda: bool(support.decisions(dsns)), "the decision",
+            ) as worker:  # fmt: skip
                 session.commit()  # the decision committed although its reply was lost
-            finally:
-                killer.join(60)
-            assert not problems, problems
             assert support.gone(worker), "the commit point's worker should be dead"
             assert support.prepared(dsns) == {}, "commit() should have finished every shard"
     finally:

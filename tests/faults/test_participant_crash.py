@@ -28,7 +28,6 @@ import os
 import shutil
 import signal
 import tempfile
-import threading
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -330,39 +329,18 @@ def test_participant_lost_after_its_prepare_leaves_nothing_prepared(
             "CREATE CONSTRAINT TRIGGER fault_slow_prepare AFTER INSERT ON fault_account "
             "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION fault_slow_once()"
         )
-    problems: list[str] = []
     try:
         with support.recovery_paused(dsns), ss.Session(fault_shards) as session:
             session.add_all([Account(id=i, owner="x", balance=1) for i in IDS])
             session.flush()
-            participant = session.connection(bind_arguments={"shard_id": "s3"}).connection
-            worker = participant.dbapi_connection.pid
-            backend = participant.dbapi_connection.info.backend_pid
-
-            def in_prepare() -> bool:
-                query = "SELECT wait_event FROM pg_stat_activity WHERE pid = %s"
-                return support.one(dsns["s3"], query, (backend,)) == "PgSleep"
-
-            def stop_then_kill() -> None:
-                try:
-                    support.wait_for(in_prepare, 30, "the PREPARE on s3 to run its trigger")
-                    os.kill(worker, signal.SIGSTOP)  # the reply will never be read
-                    support.wait_for(
-                        lambda: "s3" in support.prepared(dsns), 10, "s3 to be prepared"
-                    )
-                except BaseException as err:
-                    problems.append(repr(err))
-                finally:
-                    os.kill(worker, signal.SIGKILL)
-
-            killer = threading.Thread(target=stop_then_kill)
-            killer.start()
-            try:
-                with pytest.raises(TwoPhaseError, match="rolled back"):
-                    session.commit()
-            finally:
-                killer.join(60)
-            assert not problems, problems
+            with (
+                support.reply_lost(
+                    session, dsns, "s3", "the PREPARE on s3 to run its trigger",
+                    lambda: "s3" in support.prepared(dsns), "s3 to be prepared",
+                ),
+                pytest.raises(TwoPhaseError, match="rolled back"),
+            ):  # fmt: skip
+                session.commit()
             left = support.prepared(dsns)
             assert left == {}, f"TwoPhaseError said every shard was rolled back: {left}"
     finally:
