@@ -123,6 +123,21 @@ class Session(ShardedSession):
         except KeyError:
             raise routing.unknown_shard(shard_id, self._shards) from None
 
+    def connection_callable(  # type: ignore[override]
+        self, mapper: Any = None, instance: Any = None, shard_id: Any = None, **kw: Any
+    ) -> Any:
+        """The connection the unit of work flushes ``instance`` with.
+
+        It comes from the innermost transaction, so a flush inside
+        :meth:`begin_nested` runs under that shard's SAVEPOINT.  (SQLAlchemy's
+        ShardedSession takes the root transaction's connection here, so a failed
+        flush inside ``begin_nested()`` could not be rolled back to the savepoint
+        and the outer work was lost with it.)
+        """
+        if shard_id is None:
+            shard_id = self._choose_shard_and_assign(mapper, instance)
+        return self._autobegin_t().connection(mapper, shard_id=shard_id)
+
     def _choose_shard_and_assign(self, mapper: Any, instance: Any, **kw: Any) -> Any:
         if instance is not None:
             state = inspect(instance)
