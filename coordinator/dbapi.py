@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import select
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -104,6 +105,27 @@ def connect(*args: Any, **kwargs: Any) -> Connection:
     return Connection(str(shard), kwargs, start_method)
 
 
+#: seconds a new worker may take beyond psycopg's connect timeout: its process start,
+#: its first query and its announcement
+_START_GRACE = 5.0
+
+
+def _announcement_timeout(kwargs: dict[str, Any]) -> float:
+    """Seconds to wait for a new worker's announcement: psycopg's connect timeout
+    (130 s when none is set) for each host it may try, plus :data:`_START_GRACE`."""
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(kwargs.get("conninfo") or "")
+    except psycopg.Error:
+        params = {}  # the worker reports the malformed DSN itself
+    params.update({k: kwargs[k] for k in ("host", "hostaddr", "connect_timeout") if k in kwargs})
+    try:
+        per_host = float(psycopg.conninfo.timeout_from_conninfo(params))
+    except (AttributeError, psycopg.Error):  # psycopg < 3.2, or a value the worker rejects
+        per_host = 130.0
+    hosts = str(params.get("host") or params.get("hostaddr") or "").count(",") + 1
+    return per_host * hosts + _START_GRACE
+
+
 def exchange(calls: Sequence[tuple[Connection, p.Request]]) -> list[Any]:
     """Send every request, then read every reply: one value or exception per call.
 
@@ -166,7 +188,13 @@ class Connection:
         :data:`~shardsession.protocol.STATUS_WROTE` bit).
     :ivar tpc: the two-phase participant hooks of the session's commit
         coordinator, while the connection takes part in a two-phase commit.
+    :ivar tag: the tag of the session transaction using the connection; the
+        worker sets it as its backend's ``application_name`` when it begins the
+        transaction, so the deadlock detector can see waits across shards.
+        Cleared when the transaction ends.
     """
+
+    tag: str | None = None
 
     def __init__(self, shard: str, kwargs: dict[str, Any], start_method: str | None) -> None:
         self.shard = shard
@@ -187,6 +215,7 @@ class Connection:
         self.pid: int = self._process.pid
         self._inflight = 1  # the worker announces itself once connected
         try:
+            self._await_announcement(_announcement_timeout(kwargs))
             self.worker_info: dict[str, Any] = self.recv()
         except BaseException:
             self._kill()
@@ -195,6 +224,18 @@ class Connection:
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"<shardsession worker connection shard={self.shard!r} pid={self.pid} {state}>"
+
+    def _await_announcement(self, timeout: float) -> None:
+        # psycopg's connect_timeout does not cover everything a new worker may wait
+        # for (a host name lookup, the first query on a server that accepted the
+        # connection and then stalls): the application never waits past ``timeout``.
+        if not self._pipe.poll(timeout):
+            raise psycopg.errors.ConnectionTimeout(
+                f"[shard {self.shard!r}] the worker (pid {self.pid}) did not connect to "
+                f"PostgreSQL within {timeout:g} s: the server (or the lookup of its host name) "
+                "does not answer. Check that it is running and reachable, or raise "
+                "connect_timeout."
+            )
 
     # -- transport -------------------------------------------------------------------
 
@@ -291,6 +332,14 @@ class Connection:
         """Whether the open transaction has written (as of the last reply)."""
         return bool(self.status & p.STATUS_WROTE)
 
+    def worker_exited(self) -> bool:
+        """Whether the worker process is gone (say, it exited when PostgreSQL ended
+        its connection while it was idle in the pool).  One system call."""
+        if self.closed:
+            return True
+        ready, _, _ = select.select([self._process.sentinel], [], [], 0)
+        return bool(ready)
+
     @property
     def idle(self) -> bool:
         """No transaction open and no reply owed."""
@@ -305,6 +354,7 @@ class Connection:
     def commit(self) -> None:
         """Commit the open transaction (no round trip when none is open)."""
         self._served.clear()
+        self.tag = None
         if self.idle or self.closed:
             return
         self.request(p.Commit())
@@ -317,6 +367,7 @@ class Connection:
         the worker runs requests in order, so whatever comes next runs after it.
         """
         self._served.clear()
+        self.tag = None
         if self.closed or self.idle:
             return
         self.send_and_forget(p.Rollback())
@@ -482,7 +533,7 @@ class Cursor:
         if self.name is not None:
             self._close_server()
             name = f"{self.name}_{next(_cursor_names)}"
-            self._set(conn.request(p.Execute(sql, params, cursor=name)))
+            self._set(conn.request(p.Execute(sql, params, cursor=name, tag=conn.tag)))
             self._server = name
             return self
         if conn._served:
@@ -497,18 +548,19 @@ class Cursor:
             if result is not None:
                 self._set(result)
                 return self
-        self._set(conn.request(p.Execute(sql, params, prepare=kwargs.get("prepare"))))
+        self._set(conn.request(p.Execute(sql, params, None, kwargs.get("prepare"), conn.tag)))
         return self
 
     def executemany(self, query: Any, params_seq: Sequence[Any], **kwargs: Any) -> None:
         """Run ``query`` once per parameter set, pipelined by psycopg in the worker."""
         sql = query if isinstance(query, str) else str(query)
         returning = bool(kwargs.get("returning"))
-        self._set(self.connection.request(p.ExecuteMany(sql, list(params_seq), returning)))
+        conn = self.connection
+        self._set(conn.request(p.ExecuteMany(sql, list(params_seq), returning, conn.tag)))
 
     def copy_rows(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
         """``COPY ... FROM STDIN`` (``sql`` is the COPY statement) with ``rows``."""
-        result = self.connection.request(p.Copy(sql, list(rows)))
+        result = self.connection.request(p.Copy(sql, list(rows), self.connection.tag))
         self.rowcount = result.rowcount
         return int(result.rowcount)
 

@@ -57,7 +57,8 @@ class PGDialect_shardsession(PGDialect_psycopg):
     def engine_created(cls, engine: Any) -> None:
         """Set up every ``postgresql+shardsession`` engine: its pool never lends a
         worker that died while it was out (it is replaced at checkout), and each
-        shard has the two-phase commit log before its first transaction."""
+        shard has the two-phase commit log and the deadlock detector's victim
+        notes before its first transaction."""
         event.listen(engine, "checkout", _refuse_dead_worker)
         event.listen(engine, "first_connect", _create_commit_log)
 
@@ -93,16 +94,19 @@ class PGDialect_shardsession(PGDialect_psycopg):
 
 def _refuse_dead_worker(dbapi_connection: Any, record: Any, proxy: Any) -> None:
     # A worker killed while its connection was checked out (say, inside a two-phase
-    # commit) is only known to be dead by its connection object: the pool replaces it.
-    if dbapi_connection.closed:
+    # commit), or one that exited in the pool when its server ended its connection
+    # (an administrator's pg_terminate_backend, a server restart): the pool replaces it.
+    if dbapi_connection.worker_exited():
         raise DisconnectionError(f"the worker of shard {dbapi_connection.shard!r} is gone")
 
 
 def _create_commit_log(dbapi_connection: Any, record: Any) -> None:
+    from shardsession.deadlock import VICTIMS_DDL
     from shardsession.twophase import COMMIT_LOG_DDL
 
     cursor = dbapi_connection.cursor()
     cursor.execute(COMMIT_LOG_DDL)
+    cursor.execute(VICTIMS_DDL)  # the deadlock detector's notes to its victims
     dbapi_connection.commit()
 
 

@@ -194,7 +194,7 @@ class _Broadcast:
         if self.textual and sql.lstrip()[:6].upper() in ("SELECT", "WITH", "TABLE", "VALUES"):
             check_textual_scatter(sql)
         self.sql, self.params = sql, params
-        request = Execute(sql, params)
+        request = Execute(sql, params, tag=conn.tag)  # one session: one tag on every shard
         outcomes = dbapi.exchange([(c, request) for c in self.conns.values()])
         for outcome in outcomes:
             if isinstance(outcome, Exception):

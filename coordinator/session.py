@@ -36,6 +36,7 @@ from sqlalchemy.orm import Mapper, RelationshipDirection
 from sqlalchemy.orm import Session as _SASession
 from sqlalchemy.orm import sessionmaker as _SASessionmaker
 
+from shardsession.deadlock import new_tag
 from shardsession.exc import ArgumentError, CrossShardError, ShardNotFoundError
 
 __all__ = ["Session", "sessionmaker"]
@@ -89,6 +90,7 @@ class Session(ShardedSession):
         self.execute_chooser = execute_chooser or self._default_execute_chooser
         self._custom_shard_chooser = shard_chooser is not None
         self._commit: CommitCoordinator | None = None
+        self._tag: str | None = None  # the root transaction's tag (shardsession.deadlock)
         self._group_shard: Any = None  # the shard of a bulk statement's group being run
 
     # -- binds ---------------------------------------------------------------------
@@ -208,15 +210,23 @@ class Session(ShardedSession):
 
 
 def _after_begin(session: Any, transaction: Any, connection: Any) -> None:
-    if session.twophase and isinstance(session, Session):
-        dbapi_connection = connection.connection.dbapi_connection
-        if hasattr(dbapi_connection, "tpc"):
-            session._coordinator().register(dbapi_connection)
+    if not isinstance(session, Session):
+        return
+    dbapi_connection = connection.connection.dbapi_connection
+    if not hasattr(dbapi_connection, "tpc"):
+        return  # not a shardsession worker
+    # every shard's backend of this transaction carries one tag (deadlock detection)
+    if session._tag is None:
+        session._tag = new_tag()
+    dbapi_connection.tag = session._tag
+    if session.twophase:
+        session._coordinator().register(dbapi_connection)
 
 
 def _after_transaction_end(session: Any, transaction: Any) -> None:
     if transaction.parent is None and isinstance(session, Session):
         session._commit = None
+        session._tag = None
 
 
 def _before_flush(session: Any, flush_context: Any, instances: Any) -> None:

@@ -22,30 +22,24 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from shardsession.coordinator.detector import DeadlockDetector
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql.schema import MetaData
 
 from shardsession.exc import ArgumentError, ConfigurationError
+from shardsession.preflight import check_shard_name, shard_conninfo
 from shardsession.recovery import RecoveryReport, recover
-from shardsession.twophase import MAX_SHARD_NAME
 
 __all__ = ["ShardSet", "create_all", "create_pool", "create_shards", "drop_all"]
 
 _DRIVER = "postgresql+shardsession://"
 
 
-def _conninfo(dsn: str) -> str:
-    """A psycopg conninfo for ``dsn`` (libpq keywords or a postgresql:// URL)."""
-    text = dsn.strip()
-    for prefix in ("postgresql+", "postgres+"):
-        if text.startswith(prefix):  # SQLAlchemy's "postgresql+driver://" spelling
-            text = "postgresql://" + text.split("://", 1)[1]
-    try:
-        conninfo_to_dict(text)
-    except Exception as err:
-        raise ArgumentError(f"{dsn!r} is not a PostgreSQL DSN: {err}") from None
-    return text
+def _conninfo(dsn: str, shard: str = "?") -> str:
+    """A psycopg conninfo for shard ``shard``'s ``dsn`` (libpq keywords or a
+    postgresql:// URL); a malformed one raises an ArgumentError naming the shard."""
+    return shard_conninfo(shard, dsn)
 
 
 def _engine_conninfo(engine: Engine) -> str:
@@ -63,6 +57,8 @@ class ShardSet(Mapping[str, Engine]):
         connects with it directly).
     :ivar recovery_interval: seconds between background recovery runs, or None.
     :ivar last_recovery: the report of the last background recovery run.
+    :ivar deadlocks: the distributed deadlock detector, or None when
+        ``deadlock_interval`` is None.
     """
 
     def __init__(
@@ -71,18 +67,13 @@ class ShardSet(Mapping[str, Engine]):
         *,
         recovery_interval: float | None = None,
         recovery_grace: float = 30.0,
+        deadlock_interval: float | None = None,
         dsns: Mapping[str, str] | None = None,
     ) -> None:
         if not engines:
             raise ArgumentError("no shards given: create_shards({'s0': dsn, ...})")
         for name in engines:
-            if not isinstance(name, str) or not name or "\x00" in name:
-                raise ArgumentError(f"shard name {name!r} must be a non-empty string")
-            if len(name.encode()) > MAX_SHARD_NAME:
-                raise ArgumentError(
-                    f"shard name {name!r} is longer than {MAX_SHARD_NAME} bytes; two-phase "
-                    "commit names prepared transactions after shards. Use a shorter name."
-                )
+            check_shard_name(name)
         self._engines = dict(engines)
         known = dict(dsns or {})
         self.dsns = {name: known.get(name) or _engine_conninfo(e)
@@ -98,6 +89,17 @@ class ShardSet(Mapping[str, Engine]):
                 name="shardsession-recovery",
                 daemon=True,
             ).start()
+        #: shard -> how many workers its pool may lend at once (pools made by
+        #: create_shards); a full pool makes the detector collect dropped sessions
+        self.capacity: dict[str, int] = {}
+        self.deadlocks: DeadlockDetector | None = None
+        if deadlock_interval is not None:
+            if not deadlock_interval > 0:
+                raise ArgumentError(
+                    f"deadlock_interval must be a positive number of seconds (or None to "
+                    f"turn the detector off), not {deadlock_interval!r}"
+                )
+            self.deadlocks = DeadlockDetector(self, deadlock_interval, self._closed)
 
     def __getitem__(self, name: str) -> Engine:
         return self._engines[name]
@@ -170,8 +172,10 @@ def create_shards(
     start_method: str | None = None,
     connect_timeout: float | None = None,
     statement_timeout: float | None = None,
+    lock_timeout: float | None = None,
     recovery_interval: float | None = 30.0,
     recovery_grace: float = 30.0,
+    deadlock_interval: float | None = 1.0,
     **engine_kwargs: Any,
 ) -> ShardSet:
     """Create one engine per shard and return them as a :class:`ShardSet`.
@@ -183,13 +187,37 @@ def create_shards(
     :param start_method: ``"forkserver"`` (default) or ``"spawn"``.
     :param connect_timeout: seconds a worker waits for its PostgreSQL connection.
     :param statement_timeout: seconds after which PostgreSQL cancels a statement.
+    :param lock_timeout: seconds after which PostgreSQL cancels a statement waiting
+        for a lock.  Both are sent as ``-c`` settings in the connection's
+        ``options``, after the DSN's own options and before those of
+        ``connect_args={"options": ...}``; see :ref:`timeouts` for a policy.
     :param recovery_interval: seconds between background recovery runs (None: off);
         recovery settles what a crash left prepared and prunes settled decisions.
     :param recovery_grace: age in seconds after which an undecided prepared
         transaction is presumed aborted by background recovery.
+    :param deadlock_interval: seconds between two looks of the distributed
+        deadlock detector (None: off); a lock cycle across shards is broken within
+        about this time (:mod:`shardsession.coordinator.detector`).
     :param engine_kwargs: passed to :func:`sqlalchemy.create_engine`
         (``pool_timeout``, ``pool_pre_ping``, ``pool_recycle``, ``echo``, ...).
     """
+    if not isinstance(shards, Mapping):
+        raise ArgumentError(
+            "create_shards takes a mapping of shard name -> DSN such as "
+            f"{{'s0': 'postgresql://...'}}, not a {type(shards).__name__}"
+        )
+    for name, target in shards.items():  # every name and DSN, before any engine exists
+        check_shard_name(name)
+        if isinstance(target, str):
+            _conninfo(target, name)
+    if connect_timeout is not None and (
+        isinstance(connect_timeout, bool)
+        or not isinstance(connect_timeout, (int, float))
+        or connect_timeout < 0
+    ):
+        raise ArgumentError(
+            f"connect_timeout must be a number of seconds (or None), not {connect_timeout!r}"
+        )
     engines: dict[str, Engine] = {}
     dsns: dict[str, str] = {}
     extra_connect_args = engine_kwargs.pop("connect_args", {})
@@ -212,19 +240,33 @@ def create_shards(
             connect_args["shardsession_start_method"] = start_method
         if connect_timeout:
             connect_args["connect_timeout"] = max(1, round(connect_timeout))
-        if statement_timeout:
-            connect_args["options"] = f"-c statement_timeout={int(statement_timeout * 1000)}"
+        # options in the DSN, ours, then the caller's: none replaces another
+        settings = [conninfo_to_dict(dsns[name]).get("options") or ""]
+        for setting, seconds in (("statement_timeout", statement_timeout),
+                                 ("lock_timeout", lock_timeout)):  # fmt: skip
+            if seconds:
+                settings.append(f"-c {setting}={int(seconds * 1000)}")
+        settings.append(extra_connect_args.get("options") or "")
+        if any(settings):
+            connect_args["options"] = " ".join(filter(None, settings))
         engine = create_engine(
             _DRIVER,
-            connect_args={**connect_args, **extra_connect_args},
+            connect_args={**extra_connect_args, **connect_args},
             pool_size=pool_size,
             max_overflow=max_overflow,
             **engine_kwargs,
         )
         engines[name] = engine
-    return ShardSet(
-        engines, recovery_interval=recovery_interval, recovery_grace=recovery_grace, dsns=dsns
+    shard_set = ShardSet(
+        engines,
+        recovery_interval=recovery_interval,
+        recovery_grace=recovery_grace,
+        deadlock_interval=deadlock_interval,
+        dsns=dsns,
     )
+    if max_overflow >= 0 and "poolclass" not in engine_kwargs:
+        shard_set.capacity = {name: pool_size + max_overflow for name in dsns}
+    return shard_set
 
 
 def create_pool(
@@ -243,6 +285,11 @@ def create_pool(
     ``pool_pre_ping``; background recovery runs every ``recovery_interval``
     seconds.  Other arguments are :func:`create_shards`'.
     """
+    if isinstance(workers_per_shard, bool) or not isinstance(workers_per_shard, int):
+        raise ArgumentError(
+            f"workers_per_shard is how many workers each shard keeps (an int such as 2), "
+            f"not {workers_per_shard!r}"
+        )
     if workers_per_shard < 1:
         raise ArgumentError(f"workers_per_shard must be at least 1, not {workers_per_shard}")
     options.pop("check_two_phase", None)

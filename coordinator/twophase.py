@@ -15,9 +15,10 @@ connection the transaction uses) acts on counts:
 * the first commit call: the commit point inserts its decision row
   ``(gid, 'commit', participants)`` and commits, in one round trip: that commit
   is the decision.  Then ``COMMIT PREPARED`` goes to the prepared shards and
-  ``COMMIT`` to the shards that only read, all in parallel.  A participant not
-  reached after the decision is left to recovery (a warning says so); the
-  transaction is committed.
+  ``COMMIT`` to the shards that only read, all in parallel.  A prepared
+  participant whose worker died is finished over a connection of its own (its
+  locks are not left to wait for recovery); one that cannot be reached at all is
+  left to recovery (a warning says so).  The transaction is committed.
 * if the decision's reply is lost (the commit point's worker died), the outcome
   is settled as recovery would: read or fence the decision on the commit point,
   then commit or roll back the prepared shards accordingly.
@@ -141,7 +142,18 @@ class CommitCoordinator:
                  for c in self.prepared]  # fmt: skip
         calls += [(c, p.Commit() if commit else p.Rollback()) for c in readers]
         outcomes = exchange(calls)
-        missed = [part.shard for (part, _), o in zip(calls, outcomes) if isinstance(o, Exception)]
+        missed = []
+        for (part, request), outcome in zip(calls, outcomes):
+            if not isinstance(outcome, Exception):
+                continue
+            # A prepared shard whose worker died holds its locks until it is finished:
+            # finish it now over a connection of its own rather than wait for recovery.
+            if isinstance(request, p.FinishPrepared) and part.closed:
+                with contextlib.suppress(Exception):
+                    backend = int(part.worker_info.get("backend_pid", 0))
+                    _finish_prepared(self.dsns[part.shard], request.gid, backend, commit=commit)
+                    continue
+            missed.append(part.shard)
         self._done("committed" if commit else "aborted")
         if missed and commit:
             warnings.warn(
@@ -216,9 +228,9 @@ class CommitCoordinator:
                             presume_abort=True, dry_run=False)  # fmt: skip
         for part in parts:
             with contextlib.suppress(Exception):
-                _rollback_prepared(
+                _finish_prepared(
                     self.dsns[part.shard], participant_gid(self.global_id, part.shard),
-                    int(part.worker_info.get("backend_pid", 0)),
+                    int(part.worker_info.get("backend_pid", 0)), commit=False,
                 )  # fmt: skip
 
     def _done(self, state: str) -> None:
@@ -227,23 +239,28 @@ class CommitCoordinator:
             part.tpc = None
 
 
-def _rollback_prepared(dsn: str, gid: str, old_backend: int, wait: float = 10.0) -> bool:
-    """``ROLLBACK PREPARED gid`` from a new connection; waits (bounded) for the backend
-    that was preparing it to end.  False when there was nothing to roll back."""
+def _finish_prepared(
+    dsn: str, gid: str, old_backend: int, *, commit: bool, wait: float = 10.0
+) -> bool:
+    """``COMMIT``/``ROLLBACK PREPARED gid`` from a new connection; waits (bounded) for
+    the backend that was preparing it to end.  False when there was nothing to finish."""
+    command = sql.SQL("COMMIT PREPARED {}" if commit else "ROLLBACK PREPARED {}")
+    statement = command.format(sql.Literal(gid))
     deadline = time.monotonic() + wait
     with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
         while True:
             try:
-                conn.execute(sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(gid)))
+                conn.execute(statement)
                 return True
-            except psycopg.errors.UndefinedObject:
+            except (psycopg.errors.UndefinedObject, psycopg.errors.ObjectInUse):
+                # not there (yet), or its old backend is still finishing it
                 running = conn.execute(
                     "SELECT 1 FROM pg_stat_activity WHERE pid = %s", (old_backend,)
                 ).fetchone()
                 if running is None or time.monotonic() > deadline:
                     # gone: its PREPARE either happened (seen now) or never will
                     try:
-                        conn.execute(sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(gid)))
+                        conn.execute(statement)
                     except psycopg.errors.UndefinedObject:
                         return False
                     return True

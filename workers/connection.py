@@ -22,6 +22,7 @@ from psycopg import sql
 from psycopg.pq import TransactionStatus
 
 from shardsession import protocol as p
+from shardsession.deadlock import VICTIM_NOTE_SQL
 
 __all__ = ["WorkerConnection"]
 
@@ -43,6 +44,14 @@ _PARAM = re.compile(r"%\((\w+)\)s")
 # values COPY's text format writes exactly as an INSERT would bind them
 _COPY_TYPES = (int, float, str, bool, decimal.Decimal, datetime.datetime, datetime.date,
                datetime.time, datetime.timedelta, uuid.UUID, bytes, type(None))  # fmt: skip
+# the session transaction's tag, for as long as the transaction lasts
+_TAG_SQL = "SELECT set_config('application_name', %s, true)"
+# A backend waiting for a lock when its worker dies would only notice at the end of
+# the wait; checking the client socket twice a second frees its locks promptly.
+_CHECK_CLIENT_SQL = (
+    ", CASE WHEN current_setting('client_connection_check_interval') = '0' THEN "
+    "set_config('client_connection_check_interval', '500', false) END"
+)
 _ISOLATION_SQL = {
     1: "READ UNCOMMITTED",
     2: "READ COMMITTED",
@@ -62,18 +71,31 @@ class WorkerConnection:
         self.shard = shard
         kwargs = dict(connect_kwargs)
         kwargs["autocommit"] = True
-        self.conn = psycopg.connect(**kwargs)
+        self._connect_kwargs = kwargs
+        try:
+            self.conn = psycopg.connect(**kwargs)
+        except psycopg.errors.ConnectionTimeout as err:
+            limit = kwargs.get("connect_timeout")
+            err.args = (
+                f"{err} ({f'connect_timeout={limit} s' if limit else 'connect_timeout'}); check "
+                "that the server is running and answering, or raise connect_timeout",
+            )
+            raise self.name_shard(err) from None
+        except psycopg.Error as err:
+            raise self.name_shard(err) from None
         self.autocommit = False  # as the DBAPI caller sees it
         self.isolation_level: int | None = None
         self.read_only: bool | None = None
         self.deferrable: bool | None = None
         self.wrote = False
+        self.tag: str | None = None  # the open transaction's tag
         self.copies = 0  # executemany requests run as COPY
         self._cursors: dict[str, psycopg.ServerCursor[Any]] = {}
         # Merging text in the coordinator is exact only under the C collation.
+        check_client = _CHECK_CLIENT_SQL if self.conn.info.server_version >= 140000 else ""
         row = self.conn.execute(
-            "SELECT datcollate, to_jsonb(d) ->> 'datlocprovider' FROM pg_database d "
-            "WHERE datname = current_database()"
+            f"SELECT datcollate, to_jsonb(d) ->> 'datlocprovider'{check_client} "
+            "FROM pg_database d WHERE datname = current_database()"
         ).fetchone()
         self.collation = "C" if row is None else (row[0] if row[1] in (None, "c") else "icu")
         self._handlers: dict[type, Any] = {
@@ -106,7 +128,31 @@ class WorkerConnection:
 
     def handle(self, request: p.Request) -> Any:
         """Run ``request`` and return its reply value (exceptions propagate)."""
-        return self._handlers[type(request)](request)
+        try:
+            return self._handlers[type(request)](request)
+        except psycopg.errors.QueryCanceled as err:
+            raise self._deadlock_victim(err) from None
+
+    def _deadlock_victim(self, err: psycopg.errors.QueryCanceled) -> psycopg.Error:
+        """``DeadlockDetected`` if the deadlock detector cancelled this statement
+        (it left a note for this backend and tag), else ``err`` itself."""
+        if self.tag is None or "user request" not in str(err):
+            return err
+        try:  # this connection's transaction is aborted: read the note on another
+            with psycopg.connect(**{**self._connect_kwargs, "connect_timeout": 10}) as side:
+                note = side.execute(VICTIM_NOTE_SQL, (self.conn.info.backend_pid, self.tag))
+                row = note.fetchone()
+        except psycopg.Error:
+            return err
+        if row is None:
+            return err
+        shards = ", ".join(repr(s) for s in row[0])
+        return psycopg.errors.DeadlockDetected(
+            f"deadlock detected across shards {shards}: this transaction waited for a lock "
+            "whose holder was waiting for this transaction on another shard; shardsession's "
+            "deadlock detector cancelled this transaction, the youngest of the cycle. Roll "
+            "back and retry the transaction."
+        )
 
     def connection_alive(self) -> bool:
         """Read what the server sent while idle; False when the connection is gone."""
@@ -144,11 +190,27 @@ class WorkerConnection:
     def _must_begin(self) -> bool:
         return not self.autocommit and self.conn.info.transaction_status == _IDLE
 
+    def _queue_begin(self, tag: str | None) -> None:
+        """Send BEGIN, and the transaction's tag (inside a pipeline: no round trip)."""
+        self.conn.execute(self._begin_sql())
+        if tag is not None:
+            self.conn.execute(_TAG_SQL, (tag,))
+        self.tag = tag
+
+    def _begin(self, tag: str | None) -> None:
+        """Begin a transaction now (one round trip)."""
+        if tag is None:
+            self.conn.execute(self._begin_sql())
+            self.tag = None
+            return
+        with self.conn.pipeline():
+            self._queue_begin(tag)
+
     def _run(self, cur: psycopg.Cursor[Any], req: p.Execute) -> None:
         if self._must_begin():
             # BEGIN and the statement travel together: one server round trip.
             with self.conn.pipeline():
-                self.conn.execute(self._begin_sql())
+                self._queue_begin(req.tag)
                 cur.execute(req.sql, req.params, prepare=req.prepare)
         else:
             cur.execute(req.sql, req.params, prepare=req.prepare)
@@ -181,7 +243,7 @@ class WorkerConnection:
 
     def _open_cursor(self, req: p.Execute) -> p.Result:
         if self.conn.info.transaction_status == _IDLE:
-            self.conn.execute(self._begin_sql())  # a server-side cursor lives in a transaction
+            self._begin(req.tag)  # a server-side cursor lives in a transaction
         cur = self.conn.cursor(name=req.cursor)
         cur.execute(req.sql, req.params)
         self._cursors[req.cursor] = cur  # type: ignore[index]
@@ -220,10 +282,10 @@ class WorkerConnection:
             sql_text, names = plan
             rows = [[row[n] for n in names] for row in req.params]
             self.copies += 1
-            return self._copy(p.Copy(sql_text, rows))
+            return self._copy(p.Copy(sql_text, rows, req.tag))
         with self.conn.cursor() as cur:
             if self._must_begin():
-                self.conn.execute(self._begin_sql())
+                self._begin(req.tag)
             if len(req.params) == 1:
                 cur.execute(req.sql, req.params[0])  # the usual single-row case: cheaper
                 rows = cur.fetchall() if req.returning and cur.description else []
@@ -241,7 +303,7 @@ class WorkerConnection:
 
     def _copy(self, req: p.Copy) -> p.Result:
         if self._must_begin():
-            self.conn.execute(self._begin_sql())
+            self._begin(req.tag)
         with self.conn.cursor() as cur, cur.copy(req.sql) as copy:
             for row in req.rows:
                 copy.write_row(row)
@@ -253,6 +315,7 @@ class WorkerConnection:
     def _end(self) -> None:
         self._cursors.clear()  # the server closes them with the transaction
         self.wrote = False
+        self.tag = None
 
     def _commit(self, req: p.Commit) -> None:
         self._end()

@@ -10,12 +10,18 @@ Commands:
     stop it.
 ``check``
     check shard DSNs of external servers (reachable, two-phase commit enabled).
+``recover``
+    settle in-doubt two-phase commits.
+``deadlocks``
+    one round of the distributed deadlock detector: print who waits for whom,
+    the lock cycles across shards, and cancel each cycle's youngest transaction.
 ``demo``
     a multi-tenant workload over four shards: load, cross-shard queries,
     two-phase transfers while workers are killed, recovery, and the invariant.
 
 Every command takes ``--json`` for scripts.  Expected failures (no PostgreSQL
-binaries, a busy port, a folder owned by someone else, a misconfigured server)
+binaries, a busy or invalid port, a folder that is a file or owned by someone else,
+a malformed DSN, an unreachable or misconfigured server, a mistyped argument)
 print one line starting with ``error:`` and exit with status 2, without a traceback.
 """
 
@@ -25,7 +31,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from shardsession.embedded import LocalCluster, default_cluster_path
 from shardsession.exc import ShardSessionError
@@ -35,9 +41,16 @@ from shardsession.recovery import recover
 __all__ = ["build_parser", "main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, like the commands' own."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``shardsession`` command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="shardsession",
         description="Local PostgreSQL shards for shardsession, and tools to operate them.",
     )
@@ -90,6 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="presume undecided transactions older than this aborted (10)",
     )
     rec.add_argument("--dry-run", action="store_true", help="report only; change nothing")
+
+    dead = sub.add_parser(
+        "deadlocks", help="find lock cycles across shards and cancel their victims (one round)"
+    )
+    dead.add_argument(
+        "--dsn",
+        action="append",
+        metavar="SHARD=DSN",
+        help="a shard's name and DSN (repeat for every shard); default: the local cluster's",
+    )
+    dead.add_argument("--path", default=None, help="the local cluster folder (without --dsn)")
+    dead.add_argument("--dry-run", action="store_true", help="report only; cancel nothing")
+    dead.add_argument("--json", action="store_true", help="print JSON for scripts")
     rec.add_argument("--json", action="store_true", help="print JSON for scripts")
 
     check = sub.add_parser("check", help="check shard DSNs: reachable, two-phase commit on")
@@ -236,6 +262,22 @@ def _cmd_recover(args: argparse.Namespace) -> int:
     return 1 if report.errors else 0
 
 
+def _cmd_deadlocks(args: argparse.Namespace) -> int:
+    from shardsession.coordinator.detector import detect_deadlocks
+
+    if args.dsn:
+        dsns = named_dsns(args.dsn, names_required=True, why="(waits are joined across shards)")
+    else:
+        info = LocalCluster(shards=1, path=args.path).status()
+        if not info["running"]:
+            print(f"error: no running cluster at {info['path']}; give --dsn", file=sys.stderr)
+            return 2
+        dsns = {s["shard"]: s["dsn"] for inst in info["instances"] for s in inst["shards"]}
+    report = detect_deadlocks(dsns, cancel=not args.dry_run)
+    _print(args, report.as_dict(), report.as_text())
+    return 1 if report.unreachable else 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -282,6 +324,7 @@ _COMMANDS = {
     "down": _cmd_down,
     "check": _cmd_check,
     "recover": _cmd_recover,
+    "deadlocks": _cmd_deadlocks,
     "demo": _cmd_demo,
     "bench": _cmd_bench,
 }

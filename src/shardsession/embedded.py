@@ -4,8 +4,9 @@
 server (or one per shard with ``instances=``) on a free loopback port and a
 private unix socket, with two-phase commit enabled, and creates one database per
 shard.  It is idempotent and safe across processes: every operation on a cluster
-folder holds an exclusive file lock on ``<path>/.lock``, and a process that finds
-the server already running reuses it.  Stopping is explicit (:meth:`LocalCluster.stop`,
+folder holds an exclusive file lock on ``<path>/.lock`` (a process that has to wait
+for it says so on stderr, once), and a process that finds the server already
+running reuses it.  Stopping is explicit (:meth:`LocalCluster.stop`,
 ``shardsession down``) or, for a cluster created with ``temporary=True``, at the
 exit of the process that started it.
 """
@@ -22,6 +23,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -32,8 +34,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from shardsession.exc import ClusterError, PortInUseError
-from shardsession.pgbin import ServerUser, find_pg_bindir, pg_version, server_user
+from shardsession.exc import ClusterError, PortInUseError, PostgresNotFoundError
+from shardsession.pgbin import ServerUser, find_pg_bindir, has_server, pg_version, server_user
+from shardsession.preflight import check_shard_name
 
 __all__ = ["DEFAULT_PATH", "InstanceInfo", "LocalCluster", "default_cluster_path"]
 
@@ -79,6 +82,26 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _unprivileged_port_start() -> int:
+    # Linux lets ordinary users listen from this port up (1024 unless lowered).
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    except (OSError, ValueError):
+        return 1024
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The file (not a folder) at ``path`` or above it, if there is one."""
+    for folder in [*reversed(path.parents), path]:
+        if folder.exists() and not folder.is_dir():
+            return folder
+    return None
+
+
+def _major(version: str) -> str:
+    return version.split(".")[0]
+
+
 def _port_is_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
@@ -97,7 +120,8 @@ class LocalCluster:
     :param instances: how many separate servers; shards are spread over them
         round-robin, so ``instances=shards`` gives each shard its own server
         (tests use it to stop one shard).
-    :param port: the TCP port of the first server; a free one when ``None``.
+    :param port: the TCP port of the first server (the next servers take the
+        ports after it); a free one when ``None``.
     :param temporary: stop the servers and delete the folder when this process exits.
     :param durable: ``False`` turns off fsync for speed (tests); crash safety
         against an operating-system crash is lost, a killed server is still safe.
@@ -124,12 +148,21 @@ class LocalCluster:
         bindir: str | os.PathLike[str] | None = None,
         settings: dict[str, str | int] | None = None,
     ) -> None:
+        if isinstance(shards, bool) or not isinstance(shards, int):
+            raise ClusterError(
+                f"shards is how many shard databases to create (an int such as 4), not "
+                f"{shards!r}; the cluster names them s0, s1, ..."
+            )
         if shards < 1:
             raise ClusterError(f"shards must be at least 1, not {shards}")
+        if isinstance(instances, bool) or not isinstance(instances, int):
+            raise ClusterError(f"instances is how many servers to run (an int), not {instances!r}")
         if instances < 1 or instances > shards:
             raise ClusterError(
                 f"instances must be between 1 and the number of shards ({shards}), not {instances}"
             )
+        if port is not None:
+            _check_port(port, instances)
         self.shards = shards
         self.instances = instances
         self.port = port
@@ -137,6 +170,15 @@ class LocalCluster:
         self.durable = durable
         self.settings = dict(settings or {})
         self._bindir = Path(bindir) if bindir is not None else None
+        if self._bindir is not None and not has_server(self._bindir):
+            raise PostgresNotFoundError(
+                f"bindir={str(self._bindir)!r} does not hold the PostgreSQL server programs "
+                "postgres, initdb and pg_ctl; give the folder that does (for example "
+                "/usr/lib/postgresql/15/bin), or leave bindir out to search the usual places."
+            )
+        # the binaries recorded by the cluster at ``path`` when they are gone: their
+        # folder and version, for the message that says what to do
+        self._missing_bindir: tuple[Path, str] | None = None
         if path is None:
             path = tempfile.mkdtemp(prefix="shardsession-") if temporary else default_cluster_path()
         self.path = Path(path).absolute()
@@ -157,9 +199,16 @@ class LocalCluster:
 
     @property
     def bindir(self) -> Path:
-        """The folder with the PostgreSQL server binaries in use."""
+        """The folder with the PostgreSQL server binaries in use.
+
+        :raises ClusterError: the binaries the cluster at ``path`` was created with
+            are gone (the message says how to give others of the same major version).
+        """
         if self._bindir is None:
-            self._bindir = find_pg_bindir()
+            if self._missing_bindir is not None:
+                self._bindir = self._replacement_bindir(*self._missing_bindir)
+            else:
+                self._bindir = find_pg_bindir()
         return self._bindir
 
     @property
@@ -175,8 +224,9 @@ class LocalCluster:
         :returns: shard name -> DSN (over the private unix socket).
         :raises PostgresNotFoundError: no server binaries were found.
         :raises PortInUseError: the ``port`` asked for is taken.
-        :raises ClusterError: the folder belongs to another user, or the server
-            did not start (the message quotes its log).
+        :raises ClusterError: the folder is a file or belongs to another user, the
+            binaries the cluster was created with are gone, or the server did not
+            start (the message quotes its log).
         """
         self._prepare_path()
         with self._locked():
@@ -188,6 +238,7 @@ class LocalCluster:
                 )
             if state is not None:
                 self._check_compatible(state)
+                self._check_binaries(state)
                 infos = [InstanceInfo(**item) for item in state["instances"]]
             else:
                 infos = self._plan()
@@ -222,8 +273,7 @@ class LocalCluster:
 
     def admin_dsn(self, shard: str | None = None) -> str:
         """A DSN to the ``postgres`` maintenance database of the server holding ``shard``."""
-        infos = self._instances()
-        info = infos[0] if shard is None else dict(self._by_shard())[shard]
+        info = self._instances()[0] if shard is None else self._instance_of(shard)
         return info.dsn("postgres")
 
     def running(self) -> bool:
@@ -242,6 +292,8 @@ class LocalCluster:
         """
         if not self.path.exists():
             return False
+        if not self.path.is_dir():
+            raise self._not_a_folder()
         remove = self.temporary if remove is None else remove
         stopped = False
         with self._locked():
@@ -265,8 +317,9 @@ class LocalCluster:
         :param mode: ``pg_ctl`` shutdown mode: ``smart``, ``fast`` or ``immediate``
             (``immediate`` is like a crash: recovery runs at the next start).
         """
+        info = self._instance_of(shard)
         with self._locked():
-            self._pg_ctl(dict(self._by_shard())[shard], "stop", "-m", mode, "-w", "-t", "60")
+            self._pg_ctl(info, "stop", "-m", mode, "-w", "-t", "60")
 
     def status(self) -> dict[str, Any]:
         """Describe the cluster: servers, databases and prepared transactions.
@@ -315,7 +368,7 @@ class LocalCluster:
         :param template: copy this database instead of the default template.
         :returns: the new database's DSN.
         """
-        info = dict(self._by_shard())[shard]
+        info = self._instance_of(shard)
         with psycopg.connect(info.dsn("postgres"), autocommit=True) as conn:
             exists = conn.execute(
                 "SELECT 1 FROM pg_database WHERE datname = %s", (name,)
@@ -343,9 +396,21 @@ class LocalCluster:
 
     # -- folder, lock and state ---------------------------------------------
 
+    def _not_a_folder(self) -> ClusterError:
+        blocker = _file_in_the_way(self.path) or self.path
+        what = "is" if blocker == self.path else f"cannot be made: {blocker} is"
+        return ClusterError(
+            f"the cluster folder {self.path} {what} a file, not a folder. Choose a folder "
+            "with --path (or path=)."
+        )
+
     def _prepare_path(self) -> None:
+        if _file_in_the_way(self.path) is not None:
+            raise self._not_a_folder()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as err:  # a file appeared meanwhile
+            raise self._not_a_folder() from err
         except PermissionError as err:
             raise ClusterError(
                 f"cannot create the cluster folder {self.path}: {err.strerror}. Choose a folder "
@@ -369,8 +434,27 @@ class LocalCluster:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        with open(self.path / ".lock", "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        lock_path = self.path / ".lock"
+        with open(lock_path, "a+") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                # Say why nothing happens: another `up`, `down` or a test run may hold
+                # the folder for a while (initdb, a server start).
+                lock.seek(0)
+                holder = lock.read().strip()
+                pid = f" (pid {holder})" if holder.isdigit() else ""
+                print(
+                    f"waiting for another shardsession process{pid} using {self.path} "
+                    f"(lock {lock_path})...",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            with contextlib.suppress(OSError):  # who holds it, for the next waiter
+                lock.truncate(0)
+                lock.write(f"{os.getpid()}\n")
+                lock.flush()
             try:
                 yield
             finally:
@@ -381,10 +465,16 @@ class LocalCluster:
             state = json.loads((self.path / _STATE).read_text())
             if self._bindir is None and state.get("bindir"):
                 # Keep using the binaries the cluster was created with.
-                self._bindir = Path(state["bindir"])
+                recorded = Path(state["bindir"])
+                if has_server(recorded):
+                    self._bindir = recorded
+                else:  # only an error once they are needed: status and removal work
+                    self._missing_bindir = (recorded, str(state.get("version") or "?"))
             return state
         except FileNotFoundError:
             return None
+        except NotADirectoryError as err:
+            raise self._not_a_folder() from err
         except (json.JSONDecodeError, OSError) as err:
             raise ClusterError(
                 f"the cluster state file {self.path / _STATE} is unreadable ({err}); stop any "
@@ -397,6 +487,46 @@ class LocalCluster:
             raise ClusterError(f"no cluster at {self.path}; start it first (`shardsession up`)")
         return state
 
+    def _replacement_bindir(self, recorded: Path, version: str) -> Path:
+        """Other binaries for a cluster whose own are gone: SHARDSESSION_PG_BIN's, if
+        they are of the cluster's major version; otherwise raise, saying what to do."""
+        major = _major(version)
+        if os.environ.get("SHARDSESSION_PG_BIN"):
+            found = find_pg_bindir()
+            if _major(pg_version(found)) != major:
+                raise ClusterError(
+                    f"the cluster at {self.path} holds PostgreSQL {major} data, but "
+                    f"SHARDSESSION_PG_BIN={str(found)!r} is PostgreSQL {pg_version(found)}; "
+                    f"point it at a PostgreSQL {major} installation."
+                )
+            return found
+        try:
+            found = find_pg_bindir()
+            hint = (
+                f"To use the PostgreSQL {major} installed in {found}, set "
+                f"SHARDSESSION_PG_BIN={found}. "
+                if _major(pg_version(found)) == major
+                else f"Install PostgreSQL {major} and set SHARDSESSION_PG_BIN to its bin folder. "
+            )
+        except (PostgresNotFoundError, ClusterError, OSError):
+            hint = f"Install PostgreSQL {major} and set SHARDSESSION_PG_BIN to its bin folder. "
+        raise ClusterError(
+            f"the cluster at {self.path} was created with PostgreSQL {version} from {recorded}, "
+            f"which is gone. {hint}Or, if its data is not needed, delete it "
+            f"(`shardsession down --path {self.path} --remove`) and start afresh."
+        )
+
+    def _instance_of(self, shard: object) -> InstanceInfo:
+        """The server holding ``shard``; an error naming the cluster's shards if none."""
+        name = check_shard_name(shard)  # before the state: a wrong type says so first
+        by_shard = dict(self._by_shard())
+        if name not in by_shard:
+            raise ClusterError(
+                f"the cluster at {self.path} has no shard {shard!r}; its shards are "
+                f"{', '.join(repr(name) for name in by_shard)}"
+            )
+        return by_shard[name]
+
     def _instances(self) -> list[InstanceInfo]:
         return [InstanceInfo(**item) for item in self._require_state()["instances"]]
 
@@ -407,9 +537,10 @@ class LocalCluster:
 
     def _write_state(self, infos: list[InstanceInfo]) -> None:
         previous = self._read_state() or {}
+        same = previous.get("bindir") == str(self.bindir) and previous.get("version")
         state = {
             "format": 1,
-            "version": previous.get("version") or pg_version(self.bindir),
+            "version": previous["version"] if same else pg_version(self.bindir),
             "bindir": str(self.bindir),
             "user": self.user.name,
             "password": previous.get("password") or self._password(),
@@ -445,6 +576,18 @@ class LocalCluster:
                 )
         elif self.shards > len(state["instances"][0]["shards"]):
             state["instances"][0]["shards"] = self.shard_names
+
+    def _check_binaries(self, state: dict[str, Any]) -> None:
+        if not state.get("version") or state.get("bindir") == str(self.bindir):
+            return
+        version = pg_version(self.bindir)
+        if _major(version) != _major(str(state["version"])):
+            raise ClusterError(
+                f"the cluster at {self.path} holds PostgreSQL {_major(state['version'])} data, "
+                f"which PostgreSQL {version} from {self.bindir} cannot run; leave bindir= out "
+                "to use the binaries it was created with, give those of PostgreSQL "
+                f"{_major(state['version'])}, or choose another path."
+            )
 
     def _plan(self) -> list[InstanceInfo]:
         infos = []
@@ -667,3 +810,19 @@ def _retry_busy_template(conn: psycopg.Connection[Any], query: sql.Composable) -
             time.sleep(0.1)
         except psycopg.errors.DuplicateDatabase:
             return
+
+
+def _check_port(port: object, instances: int) -> None:
+    highest = 65536 - instances  # every server takes the next port
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port <= highest:
+        raise ClusterError(
+            f"port {port!r} is not a TCP port number from 1 to {highest}; choose one with "
+            "--port (or port=), or leave it out to pick a free one."
+        )
+    lowest = _unprivileged_port_start()
+    if port < lowest:
+        raise ClusterError(
+            f"port {port} is below {lowest}, where only privileged programs may listen, and "
+            "the PostgreSQL server runs as an ordinary user; choose a port from "
+            f"{lowest} to {highest} with --port (or port=), or leave it out to pick a free one."
+        )

@@ -20,13 +20,14 @@ from pathlib import Path
 
 from shardsession.exc import ClusterError, PostgresNotFoundError
 
-__all__ = ["ServerUser", "find_pg_bindir", "pg_version", "server_user"]
+__all__ = ["ServerUser", "find_pg_bindir", "has_server", "pg_version", "server_user"]
 
 _REQUIRED = ("postgres", "initdb", "pg_ctl")
 _FALLBACK_USER = "shardsession"
 
 
-def _has_server(bindir: Path) -> bool:
+def has_server(bindir: Path) -> bool:
+    """Whether ``bindir`` holds the server programs ``postgres``, ``initdb`` and ``pg_ctl``."""
     return all(os.access(bindir / name, os.X_OK) for name in _REQUIRED)
 
 
@@ -40,7 +41,7 @@ def _bundled_bindir() -> Path | None:
         return None
     root = Path(next(iter(spec.submodule_search_locations)))
     for sub in ("pginstall", "pginstall18"):
-        if _has_server(root / sub / "bin"):
+        if has_server(root / sub / "bin"):
             return root / sub / "bin"
     return None
 
@@ -67,7 +68,7 @@ def find_pg_bindir(
     env = os.environ if env is None else env
     explicit = env.get("SHARDSESSION_PG_BIN")
     if explicit:
-        if _has_server(Path(explicit)):
+        if has_server(Path(explicit)):
             return Path(explicit)
         raise PostgresNotFoundError(
             f"SHARDSESSION_PG_BIN={explicit!r} does not hold the PostgreSQL server programs "
@@ -84,16 +85,16 @@ def find_pg_bindir(
                 ).stdout.strip()
             except (OSError, subprocess.SubprocessError):
                 out = ""
-            if out and _has_server(Path(out)):
+            if out and has_server(Path(out)):
                 return Path(out)
     postgres = shutil.which("postgres", path=path)
-    if postgres and _has_server(Path(postgres).parent):
+    if postgres and has_server(Path(postgres).parent):
         return Path(postgres).parent
     if include_system:
         for candidate in sorted(
             glob.glob("/usr/lib/postgresql/*/bin"), key=_version_key, reverse=True
         ):
-            if _has_server(Path(candidate)):
+            if has_server(Path(candidate)):
                 return Path(candidate)
     if include_bundled:
         bundled = _bundled_bindir()

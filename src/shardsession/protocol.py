@@ -64,12 +64,16 @@ class Execute:
     :ivar cursor: the name of a server-side cursor to open for it (streaming), or
         None to run it and return every row.
     :ivar prepare: psycopg's ``prepare`` argument (None: its default policy).
+    :ivar tag: the session transaction's tag, set as the backend's
+        ``application_name`` if this statement begins a transaction
+        (:mod:`shardsession.deadlock`).
     """
 
     sql: str
     params: Any = None
     cursor: str | None = None
     prepare: bool | None = None
+    tag: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,19 +81,25 @@ class ExecuteMany:
     """Run one statement once per parameter set (psycopg pipelines them).
 
     :ivar returning: collect the rows every execution returns.
+    :ivar tag: as for :class:`Execute`.
     """
 
     sql: str
     params: Sequence[Any]
     returning: bool = False
+    tag: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Copy:
-    """``COPY ... FROM STDIN`` with ``rows`` (``sql`` is the whole COPY statement)."""
+    """``COPY ... FROM STDIN`` with ``rows`` (``sql`` is the whole COPY statement).
+
+    :ivar tag: as for :class:`Execute`.
+    """
 
     sql: str
     rows: Sequence[Sequence[Any]]
+    tag: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from shardsession.preflight import check_shard_name, shard_conninfo
 from shardsession.twophase import COMMIT_LOG, COMMIT_LOG_DDL, parse_gid
 
 __all__ = ["RecoveryReport", "recover", "settle_decision"]
@@ -139,7 +140,9 @@ def recover(
         shard has been listed and before anything is settled or pruned, so a test
         can commit a transaction that races this run.
     :returns: a :class:`RecoveryReport` of what was done (or would be).
+    :raises ConfigurationError: a shard's name or DSN is malformed (nothing is done).
     """
+    dsns = {shard: shard_conninfo(check_shard_name(shard), dsn) for shard, dsn in dsns.items()}
     report = RecoveryReport(dry_run=dry_run)
     # Every cutoff is read before the first listing: a commit record stamped before
     # its shard's cutoff had all its participants prepared before any listing.

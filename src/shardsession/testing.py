@@ -143,7 +143,7 @@ class TestDatabases:
     def connection(self, shard: str) -> psycopg.Connection[Any]:
         """A cached autocommit connection to ``shard``'s database (for fixtures)."""
         conn = self._conns.get(shard)
-        if conn is None or conn.closed:
+        if conn is None or conn.closed or conn.broken:
             conn = psycopg.connect(self.dsns[shard], autocommit=True)
             self._conns[shard] = conn
         return conn
@@ -151,7 +151,13 @@ class TestDatabases:
     def clean(self) -> None:
         """Empty every table of every shard (see :func:`truncate_all`)."""
         for shard in self.dsns:
-            truncate_all(self.connection(shard))
+            try:
+                truncate_all(self.connection(shard))
+            except psycopg.OperationalError:
+                # the cached connection was ended meanwhile (a test terminated
+                # backends, a server restarted): once more on a new one
+                self._conns.pop(shard).close()
+                truncate_all(self.connection(shard))
 
     def drop(self) -> None:
         """Drop this process's shard databases, rolling back prepared transactions first."""

@@ -6,6 +6,7 @@ import json
 import os
 import pwd
 import socket
+import threading
 from pathlib import Path
 
 import psycopg
@@ -172,3 +173,59 @@ def test_check_names_unnamed_shards_in_order_and_refuses_a_name_twice(
     twice = run_cli("check", "--dsn", f"x={shard_dsns['s0']}", "--dsn", f"x={shard_dsns['s1']}")
     assert twice.returncode == 2
     assert "shard 'x' is given twice" in twice.stderr and "Traceback" not in twice.stderr
+
+
+def test_deadlocks_reports_a_cycle_across_shards_and_cancels_its_youngest(
+    tmp_path: Path,
+) -> None:
+    # A cluster of its own: no application's detector watches it, so the cycle stays
+    # until the command breaks it.
+    with LocalCluster(shards=2, path=tmp_path / "c", durable=False) as cluster:
+        dsns = cluster.start()
+        for dsn in dsns.values():
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("CREATE TABLE hot (id int PRIMARY KEY)")
+                conn.execute("INSERT INTO hot VALUES (1)")
+        older, younger = "ss:1000:aaaa", "ss:2000:bbbb"  # transaction tags, by age
+        conns = {}
+        for tag in (older, younger):
+            for shard, dsn in dsns.items():
+                conn = psycopg.connect(dsn, application_name=tag)
+                conn.execute("SELECT 1")  # a transaction is open
+                conns[tag, shard] = conn
+        conns[older, "s0"].execute("UPDATE hot SET id = 1")
+        conns[younger, "s1"].execute("UPDATE hot SET id = 1")
+        outcome: dict[str, BaseException | None] = {}
+
+        def blocked(tag: str, shard: str) -> None:
+            try:
+                conns[tag, shard].execute("UPDATE hot SET id = 1")
+                outcome[tag] = None
+            except psycopg.Error as err:
+                outcome[tag] = err
+                conns[tag, shard].rollback()
+                conns[tag, "s0" if shard == "s1" else "s1"].rollback()
+
+        waits = [threading.Thread(target=blocked, args=(older, "s1")),
+                 threading.Thread(target=blocked, args=(younger, "s0"))]  # fmt: skip
+        for t in waits:
+            t.start()
+        argv = [arg for shard, dsn in dsns.items() for arg in ("--dsn", f"{shard}={dsn}")]
+        seen = json.loads(run_cli("deadlocks", *argv, "--dry-run", "--json").stdout)
+        for _ in range(50):  # both waits in place
+            if len(seen["waits"]) == 2:
+                break
+            seen = json.loads(run_cli("deadlocks", *argv, "--dry-run", "--json").stdout)
+        assert len(seen["cycles"]) == 1, seen
+        assert seen["cycles"][0]["victim"] == younger
+        assert seen["cycles"][0]["shards"] == ["s0", "s1"]
+        assert not seen["cycles"][0]["cancelled"]
+        done = run_cli("deadlocks", *argv)
+        assert done.returncode == 0, done.stderr
+        assert f"victim {younger} (cancelled)" in done.stdout
+        for t in waits:
+            t.join(10)
+        assert outcome[older] is None  # the older transaction went on
+        assert isinstance(outcome[younger], psycopg.errors.QueryCanceled)
+        for conn in conns.values():
+            conn.close()

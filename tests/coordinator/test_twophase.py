@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 import pytest
 from shardsession.coordinator.routing import shard_for_key
 from sqlalchemy import text
@@ -126,3 +127,29 @@ def test_engine_level_two_phase_through_the_dbapi(shards: ss.ShardSet, clean_sha
         tx.rollback()
     assert _prepared(direct) == 0
     assert _scalar(direct, "s1", "SELECT string_agg(id::text, ',') FROM co_account") == "1"
+
+
+def test_prepare_refused_for_want_of_prepared_slots_is_a_twophase_error(tmp_path: Any) -> None:
+    # A server of its own whose one prepared-transaction slot is taken.
+    from shardsession.embedded import LocalCluster
+
+    with LocalCluster(shards=2, path=tmp_path / "c", durable=False,
+                      settings={"max_prepared_transactions": 1}) as cluster:  # fmt: skip
+        dsns = cluster.start()
+        with ss.create_shards(dsns, recovery_interval=None) as shards:
+            Account.metadata.create_all(shards, tables=[Account.__table__])
+            a, b = _pair(shards)
+            with psycopg.connect(dsns["s0"], autocommit=True) as holder:
+                holder.execute("BEGIN")
+                holder.execute("PREPARE TRANSACTION 'slot_taken'")
+                try:
+                    with ss.Session(shards) as s:
+                        s.add_all([Account(id=a, balance=1), Account(id=b, balance=1)])
+                        refused = pytest.raises(ss.exc.TwoPhaseError, match="max_prepared_trans")
+                        with refused as caught:
+                            s.commit()
+                        assert "nothing was committed" in str(caught.value)
+                        s.rollback()
+                        assert s.get(Account, a) is None and s.get(Account, b) is None
+                finally:
+                    holder.execute("ROLLBACK PREPARED 'slot_taken'")

@@ -162,3 +162,70 @@ def test_a_worker_killed_during_a_commit_is_not_lent_again(
                 assert s.get(Account, a) is None and s.get(Account, b) is None
     finally:
         small.close()
+
+
+_TERMINATE_APP = """
+import os, sys, time
+import psycopg
+import shardsession as ss
+from sqlalchemy import text
+
+TERMINATE = ("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = "
+             "current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'")
+RUNNING = ("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE "
+           "'%pg_sleep%' AND pid <> pg_backend_pid()")
+
+if __name__ == "__main__":
+    dsn = os.environ["DSN"]
+    admin = psycopg.connect(dsn, autocommit=True)
+    shards = ss.create_shards({"s0": dsn}, pool_size=2)
+    with ss.Session(shards) as s:  # a worker idle in the pool
+        s.execute(text("SELECT 1"), bind_arguments={"shard_id": "s0"})
+    admin.execute(TERMINATE)
+    time.sleep(0.3)
+    with ss.Session(shards) as s:  # replaced without a word
+        print("after idle:", s.scalar(text("SELECT 2"), bind_arguments={"shard_id": "s0"}))
+    s = ss.Session(shards)  # idle in a transaction
+    s.execute(text("SELECT 3"), bind_arguments={"shard_id": "s0"})
+    admin.execute(TERMINATE)
+    time.sleep(0.3)
+    try:
+        s.execute(text("SELECT 4"), bind_arguments={"shard_id": "s0"})
+    except ss.exc.OperationalError as err:
+        print("in transaction:", type(err).__name__, "s0" in str(err))
+    s.close()
+    import threading
+    def terminate_when_running():
+        while admin.execute(RUNNING).fetchone()[0] == 0:
+            time.sleep(0.02)
+        admin.execute(TERMINATE)
+    threading.Thread(target=terminate_when_running).start()
+    with ss.Session(shards) as s:  # running a statement
+        try:
+            s.execute(text("SELECT pg_sleep(30)"), bind_arguments={"shard_id": "s0"})
+        except ss.exc.OperationalError as err:
+            print("running:", type(err).__name__)
+    with ss.Session(shards) as s:
+        print("after all:", s.execute(text("SELECT 5"), bind_arguments={"shard_id": "s0"}).scalar())
+    shards.close()
+"""
+
+
+def test_terminated_backends_raise_once_and_print_nothing(
+    tmp_path: Any, shard_dsns: dict[str, str]
+) -> None:
+    # An administrator's pg_terminate_backend (or a server restart) ends the workers'
+    # connections: the application sees one OperationalError where a transaction was
+    # open, pooled workers are replaced silently, and no process writes to stderr.
+    script = tmp_path / "terminate.py"
+    script.write_text(_TERMINATE_APP)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env={**os.environ, "DSN": shard_dsns["s0"]}, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "after idle: 2",
+        "in transaction: OperationalError True",
+        "running: OperationalError",
+        "after all: 5",
+    ], done.stdout
+    assert done.stderr == ""

@@ -293,13 +293,13 @@ def test_participant_connection_lost_during_commit(
     committed = CASES[step, victim]
     with ss.Session(fault_shards) as session:
         with support.recovery_paused(dsns):
-            error, pending, shard = _commit_with_fault(
+            error, pending, _shard = _commit_with_fault(
                 session, monkeypatch, dsns, step, victim, hurt
             )
-            # a prepared participant whose worker is lost after the decision is left to
-            # recovery; before the decision, TwoPhaseError means every shard was rolled
-            # back, so nothing is left at all
-            unreached = [shard] if committed and victim == "participant" else []
+            # a prepared participant whose worker is lost after the decision is finished
+            # by commit() over a connection of its own (its server is up); before the
+            # decision, TwoPhaseError means every shard was rolled back: nothing is left
+            unreached: list[str] = []
             _check_outcome(error, pending, committed, unreached)
         _recover(dsns, to_commit=unreached, to_roll_back=[])
         _check_settled(session, dsns, committed)
