@@ -337,8 +337,9 @@ class Connection:
         its connection while it was idle in the pool).  One system call."""
         if self.closed:
             return True
-        ready, _, _ = select.select([self._process.sentinel], [], [], 0)
-        return bool(ready)
+        poller = select.poll()  # not select(): file descriptors may be above 1024
+        poller.register(self._process.sentinel, select.POLLIN)
+        return bool(poller.poll(0))
 
     @property
     def idle(self) -> bool:

@@ -12,12 +12,16 @@ This module finds such cycles and breaks them:
    transaction's id each worker sets as ``application_name``
    (:mod:`shardsession.deadlock`); an untagged backend is a transaction of its own;
 3. in the wait-for graph, every strongly connected component holds a deadlock:
-   its youngest transaction is the victim.  A note is left for it on the shard,
-   then its waiting statement is cancelled; its worker reads the note and reports
-   ``DeadlockDetected`` naming the shards, which SQLAlchemy raises as
-   :class:`~sqlalchemy.exc.OperationalError`.  Cycles within one shard are
-   PostgreSQL's to break too, but only after its ``deadlock_timeout`` (1 s by
-   default, and only a superuser may lower it): whichever comes first breaks them.
+   its youngest *tagged* transaction is the victim.  A deadlock must be seen in
+   two consecutive looks (shards are read one after another, so one look may
+   join waits that never coexisted); then a note is left for the victim on the
+   shard, and its waiting statement is cancelled if it still waits for the same
+   holder.  Its worker reads the note and reports ``DeadlockDetected`` naming the
+   shards, which SQLAlchemy raises as :class:`~sqlalchemy.exc.OperationalError`.
+   A cycle within one shard is PostgreSQL's to break too, after its
+   ``deadlock_timeout`` (1 s by default; only a superuser may lower it): whichever
+   comes first breaks it.  Backends that are not shardsession's (no tag) are
+   never cancelled: a cycle among them alone is left to PostgreSQL.
 
 A wait on a prepared transaction is not part of any cycle (a prepared
 transaction waits for nothing), but it may be the leftover of an application
@@ -40,6 +44,7 @@ import contextlib
 import gc
 import threading
 import time
+import warnings
 import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
@@ -86,18 +91,22 @@ JOIN pg_locks own ON own.virtualtransaction = h.virtualtransaction AND own.pid I
 JOIN pg_prepared_xacts x ON x.transaction = own.transactionid
 WHERE NOT w.granted AND w.pid = ANY(%s)
 """
-# RETURNING: whether this detector wrote the note (another may have, for the same cycle)
+# The victim's backend, if it still runs the same transaction and still waits for
+# the same holder (a prepared one: 0).
+_STILL_WAITING = (
+    "pid = %(pid)s AND application_name = %(tag)s AND wait_event_type = 'Lock' "
+    "AND (%(holder)s = 0 OR %(holder)s = ANY(pg_blocking_pids(pid)))"
+)
+# A note about the waiting statement (its query_start); detectors noting the same
+# victim write the same row, and no detector ever deletes one (a late delete could
+# take the note from a victim another detector just cancelled): old ones are pruned.
 _NOTE_SQL = (
-    f"INSERT INTO {VICTIMS} (backend_pid, tag, shards) VALUES (%s, %s, %s) "
-    "ON CONFLICT DO NOTHING RETURNING true"
+    f"INSERT INTO {VICTIMS} (backend_pid, tag, query_start, shards) "
+    f"SELECT pid, application_name, query_start, %(shards)s FROM pg_stat_activity "
+    f"WHERE {_STILL_WAITING} ON CONFLICT DO NOTHING"
 )
-_UNNOTE_SQL = f"DELETE FROM {VICTIMS} WHERE backend_pid = %s AND tag = %s"
+_CANCEL_SQL = f"SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE {_STILL_WAITING}"
 _PRUNE_NOTES_SQL = f"DELETE FROM {VICTIMS} WHERE noted_at < clock_timestamp() - interval '1 hour'"
-# Cancel only if the backend still runs the same transaction and still waits.
-_CANCEL_SQL = (
-    "SELECT pg_cancel_backend(pid) FROM pg_stat_activity "
-    "WHERE pid = %s AND application_name = %s AND wait_event_type = 'Lock'"
-)
 
 
 @dataclass(frozen=True)
@@ -112,17 +121,24 @@ class Wait:
     waiter: str
     pid: int
     holder: str
+    #: the holder's backend pid (0 for a prepared transaction)
+    holder_pid: int = 0
 
 
 @dataclass(frozen=True)
 class Cycle:
-    """A distributed deadlock and the transaction chosen to break it."""
+    """A deadlock and the transaction chosen to break it."""
 
     members: tuple[str, ...]
     shards: tuple[str, ...]
     victim: str
-    #: (shard, backend pid, application_name) of the victim's waiting backends
-    backends: tuple[tuple[str, int, str], ...]
+    #: (shard, backend pid, holder's backend pid) of the victim's waits in the cycle
+    backends: tuple[tuple[str, int, int], ...]
+
+    @property
+    def key(self) -> tuple[str, tuple[str, ...]]:
+        """What identifies this deadlock from one look to the next."""
+        return self.victim, self.members
 
 
 @dataclass
@@ -130,8 +146,9 @@ class DeadlockReport:
     """One detection round.
 
     :ivar waits: every lock wait seen, on every shard reached.
-    :ivar cycles: the distributed deadlocks found.
-    :ivar cancelled: victims whose waiting statement was cancelled.
+    :ivar cycles: the deadlocks found.
+    :ivar cancelled: victims whose waiting statement was cancelled (only deadlocks
+        also seen in the previous look are acted on).
     :ivar prepared_waits: ``(shard, gid, age in seconds)`` of prepared
         transactions that others wait for.
     :ivar unreachable: shard -> error, for shards that could not be asked.
@@ -186,10 +203,10 @@ class DeadlockReport:
 def find_cycles(waits: Iterable[Wait], starts: Mapping[str, float]) -> list[Cycle]:
     """The distributed deadlocks among ``waits`` and the victim of each.
 
-    ``starts`` gives each transaction's start time; the youngest member of a
-    cycle is its victim (ties: the greatest name, so every detector agrees).
+    ``starts`` gives each transaction's start time; the youngest tagged member
+    of a cycle is its victim (ties: the greatest name, so every detector agrees).
     After a victim is chosen it is taken out of the graph and the rest is
-    searched again.
+    searched again.  A cycle with no tagged member is left to PostgreSQL.
     """
     waits = list(waits)
     removed: set[str] = set()
@@ -208,8 +225,13 @@ def find_cycles(waits: Iterable[Wait], starts: Mapping[str, float]) -> list[Cycl
         if found is None:
             return cycles
         members, inside, shards = found
-        victim = max(members, key=lambda n: (starts.get(n, 0.0), n))
-        backends = tuple(sorted({(w.shard, w.pid, victim) for w in inside if w.waiter == victim}))
+        tagged = [n for n in members if tag_start(n) is not None]
+        if not tagged:  # not shardsession's transactions: PostgreSQL breaks it
+            removed |= members
+            continue
+        victim = max(tagged, key=lambda n: (starts.get(n, 0.0), n))
+        backends = tuple(sorted({(w.shard, w.pid, w.holder_pid)
+                                 for w in inside if w.waiter == victim}))  # fmt: skip
         cycles.append(Cycle(tuple(sorted(members)), tuple(shards), victim, backends))
         removed.add(victim)
 
@@ -320,7 +342,7 @@ def _look(probe: _Probe, report: DeadlockReport) -> dict[str, float]:
                 continue
             holder, tagged = _node(shard, holder_pid, holder_name)
             starts.setdefault(holder, tagged if tagged is not None else (holder_started or 0.0))
-            report.waits.append(Wait(shard, waiter, pid, holder))
+            report.waits.append(Wait(shard, waiter, pid, holder, holder_pid))
         for pid, gid, age in prepared:
             waiter = next(_node(shard, r[0], r[1])[0] for r in rows if r[0] == pid)
             report.waits.append(Wait(shard, waiter, pid, f"{shard}/prepared/{gid}"))
@@ -331,27 +353,16 @@ def _look(probe: _Probe, report: DeadlockReport) -> dict[str, float]:
 def _cancel(probe: _Probe, cycle: Cycle) -> bool:
     """Note and cancel the victim's waiting statements; True if one was cancelled."""
     done = False
-    for shard, pid, name in cycle.backends:
-        app_name = name if tag_start(name) is not None else None
+    for shard, pid, holder in cycle.backends:
+        args = {"pid": pid, "tag": cycle.victim, "holder": holder, "shards": list(cycle.shards)}
         try:
             conn = probe.connection(shard)
-            noted = None
-            if app_name is not None:
-                noted = conn.execute(_NOTE_SQL, (pid, app_name, list(cycle.shards))).fetchone()
-                hit = conn.execute(_CANCEL_SQL, (pid, app_name)).fetchone()
-            else:  # an untagged backend: no note can reach it, cancel it plainly
-                hit = conn.execute(
-                    "SELECT pg_cancel_backend(pid) FROM pg_stat_activity "
-                    "WHERE pid = %s AND wait_event_type = 'Lock'", (pid,)
-                ).fetchone()  # fmt: skip
-            if hit is not None and hit[0]:
-                done = True
-            elif noted is not None:
-                # Not waiting any more: the cycle was broken meanwhile.  A note another
-                # detector wrote stays (its cancel may be what broke the cycle).
-                conn.execute(_UNNOTE_SQL, (pid, app_name))
+            conn.execute(_NOTE_SQL, args)
+            hit = conn.execute(_CANCEL_SQL, args).fetchone()
         except psycopg.Error:
             probe.drop(shard)
+            continue
+        done = done or bool(hit and hit[0])
     return done
 
 
@@ -361,11 +372,15 @@ def detect_deadlocks(
     cancel: bool = True,
     recover: Callable[[], Any] | None = None,
     settle_after: float = 2.0,
+    previous: DeadlockReport | None = None,
     _probe: _Probe | None = None,
 ) -> DeadlockReport:
     """One detection round over the shards ``dsns`` (shard name -> conninfo).
 
-    :param cancel: cancel each cycle's victim (False: only report).
+    :param cancel: cancel the victim of each deadlock seen in this look and in
+        ``previous`` (False: only report).
+    :param previous: the report of the look before; without one, this round
+        looks twice, 50 ms apart.
     :param recover: called when some transaction waits for a prepared transaction
         at least ``settle_after`` seconds old (a live coordinator finishes its
         prepared transactions within milliseconds).
@@ -373,11 +388,15 @@ def detect_deadlocks(
     probe = _probe or _Probe(dsns)
     report = DeadlockReport()
     try:
+        if previous is None and cancel:
+            previous = detect_deadlocks(dsns, cancel=False, _probe=probe)
+            time.sleep(0.05)
         starts = _look(probe, report)
         report.cycles = find_cycles(report.waits, starts)
+        seen_before = {c.key for c in previous.cycles} if previous is not None else set()
         if cancel:
             for cycle in report.cycles:
-                if _cancel(probe, cycle):
+                if cycle.key in seen_before and _cancel(probe, cycle):
                     report.cancelled.append(cycle.victim)
         if recover is not None and any(age >= settle_after
                                        for _, _, age in report.prepared_waits):  # fmt: skip
@@ -420,6 +439,7 @@ class DeadlockDetector:
         self.cancelled = 0
         self.collections = 0
         self._last_collect = 0.0
+        self._misses: dict[str, int] = {}
         self.last_report: DeadlockReport | None = None
         self._shards = weakref.ref(shards)
         self._stop = stop
@@ -446,12 +466,17 @@ class DeadlockDetector:
                     report = detect_deadlocks(
                         self._dsns, recover=self._recover,
                         settle_after=max(0.5, self.interval), _probe=probe,
+                        previous=self.last_report or DeadlockReport(),
                     )  # fmt: skip
                 except Exception:  # never let the thread die; try again next round
                     continue
+                self._warn_unreachable(report)
                 pause = self.interval / 5 if report.waits else self.interval
                 self._collect_dropped_sessions(report)
-                self.detected += len(report.cycles)
+                seen_before = (
+                    {c.key for c in self.last_report.cycles} if self.last_report else set()
+                )
+                self.detected += sum(1 for c in report.cycles if c.key not in seen_before)
                 self.cancelled += len(report.cancelled)
                 self.last_report = report
                 rounds += 1
@@ -461,6 +486,21 @@ class DeadlockDetector:
                             probe.connection(shard).execute(_PRUNE_NOTES_SQL)
         finally:
             probe.close()
+
+    def _warn_unreachable(self, report: DeadlockReport) -> None:
+        for shard in self._dsns:
+            if shard not in report.unreachable:
+                self._misses.pop(shard, None)
+                continue
+            self._misses[shard] = self._misses.get(shard, 0) + 1
+            if self._misses[shard] == 3:  # once per outage, not on a single blip
+                warnings.warn(
+                    f"the deadlock detector cannot reach shard {shard!r} "
+                    f"({report.unreachable[shard]}); deadlocks through it are not broken "
+                    "until it can. Check the shard's DSN (it connects with ShardSet.dsns).",
+                    RuntimeWarning,
+                    stacklevel=1,
+                )
 
     def _collect_dropped_sessions(self, report: DeadlockReport) -> None:
         now = time.monotonic()

@@ -21,6 +21,7 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from shardsession.coordinator.detector import DeadlockDetector
 from sqlalchemy import create_engine
@@ -34,6 +35,7 @@ from shardsession.recovery import RecoveryReport, recover
 __all__ = ["ShardSet", "create_all", "create_pool", "create_shards", "drop_all"]
 
 _DRIVER = "postgresql+shardsession://"
+_LIBPQ_KEYWORDS = frozenset(option.keyword.decode() for option in pq.Conninfo.get_defaults())
 
 
 def _conninfo(dsn: str, shard: str = "?") -> str:
@@ -220,6 +222,7 @@ def create_shards(
         )
     engines: dict[str, Engine] = {}
     dsns: dict[str, str] = {}
+    direct: dict[str, str] = {}
     extra_connect_args = engine_kwargs.pop("connect_args", {})
     for name, target in shards.items():
         if isinstance(target, Engine):
@@ -257,12 +260,18 @@ def create_shards(
             **engine_kwargs,
         )
         engines[name] = engine
+        # recovery and the deadlock detector connect as the workers do (a password,
+        # sslmode or search_path may come in connect_args)
+        libpq = {key: value for key, value in {**extra_connect_args, **connect_args}.items()
+                 if key in _LIBPQ_KEYWORDS}  # fmt: skip
+        if libpq:
+            direct[name] = make_conninfo(dsns[name], **libpq)
     shard_set = ShardSet(
         engines,
         recovery_interval=recovery_interval,
         recovery_grace=recovery_grace,
         deadlock_interval=deadlock_interval,
-        dsns=dsns,
+        dsns={**dsns, **direct},
     )
     if max_overflow >= 0 and "poolclass" not in engine_kwargs:
         shard_set.capacity = {name: pool_size + max_overflow for name in dsns}

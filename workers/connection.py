@@ -88,7 +88,7 @@ class WorkerConnection:
         self.read_only: bool | None = None
         self.deferrable: bool | None = None
         self.wrote = False
-        self.tag: str | None = None  # the open transaction's tag
+        self.tag: str | None = None  # the tag of the transaction begun last
         self.copies = 0  # executemany requests run as COPY
         self._cursors: dict[str, psycopg.ServerCursor[Any]] = {}
         # Merging text in the coordinator is exact only under the C collation.
@@ -136,11 +136,12 @@ class WorkerConnection:
     def _deadlock_victim(self, err: psycopg.errors.QueryCanceled) -> psycopg.Error:
         """``DeadlockDetected`` if the deadlock detector cancelled this statement
         (it left a note for this backend and tag), else ``err`` itself."""
-        if self.tag is None or "user request" not in str(err):
+        if self.tag is None:
             return err
         try:  # this connection's transaction is aborted: read the note on another
             with psycopg.connect(**{**self._connect_kwargs, "connect_timeout": 10}) as side:
-                note = side.execute(VICTIM_NOTE_SQL, (self.conn.info.backend_pid, self.tag))
+                pid = self.conn.info.backend_pid
+                note = side.execute(VICTIM_NOTE_SQL, {"pid": pid, "tag": self.tag})
                 row = note.fetchone()
         except psycopg.Error:
             return err
@@ -315,7 +316,8 @@ class WorkerConnection:
     def _end(self) -> None:
         self._cursors.clear()  # the server closes them with the transaction
         self.wrote = False
-        self.tag = None
+        # self.tag stays until the next BEGIN: a deferred trigger waiting for a lock
+        # at COMMIT or PREPARE can still be a deadlock's victim
 
     def _commit(self, req: p.Commit) -> None:
         self._end()

@@ -12,11 +12,16 @@ microseconds since the epoch (hex), which orders transactions by age, so every
 detector, in any process, picks the same victim (the youngest of a cycle).
 
 The detector cancels the victim's waiting statement with
-``pg_cancel_backend()``.  PostgreSQL reports that as a plain "canceling statement
-due to user request"; so that the application sees a deadlock instead, the
-detector first writes a note, ``(backend pid, tag, shards)``, into the shard's
-``shardsession_deadlock_victims`` table, and a worker whose statement was cancelled reads (and
-deletes) the note for its backend and tag, and reports ``DeadlockDetected``.
+``pg_cancel_backend()``.  PostgreSQL reports that as a plain ``QueryCanceled``;
+so that the application sees a deadlock instead, the detector first writes a
+note, ``(backend pid, tag, the statement's start, shards)``, into the shard's
+``shardsession_deadlock_notes`` table, and a worker whose statement was
+cancelled reads (and deletes) the note for its backend, tag and statement, and
+reports ``DeadlockDetected``.  The statement's start (``query_start``, which
+``pg_stat_activity`` keeps after the cancel) ties a note to the one statement
+it is about: a note left behind, say because the cycle broke by itself just
+before the cancel, can never relabel a later statement's cancel or timeout.
+Several detectors noting the same victim write the same note.
 """
 
 from __future__ import annotations
@@ -34,11 +39,12 @@ __all__ = [
 ]
 
 TAG_PREFIX = "ss:"
-VICTIMS = "shardsession_deadlock_victims"
+VICTIMS = "shardsession_deadlock_notes"
 _VICTIMS_CREATE = (
     f"CREATE TABLE {VICTIMS} (backend_pid integer NOT NULL, tag text NOT NULL, "
-    "shards text[] NOT NULL, noted_at timestamptz NOT NULL DEFAULT clock_timestamp(), "
-    "PRIMARY KEY (backend_pid, tag))"
+    "query_start timestamptz, shards text[] NOT NULL, "
+    "noted_at timestamptz NOT NULL DEFAULT clock_timestamp(), "
+    "PRIMARY KEY (backend_pid, tag, query_start))"
 )
 #: Creates the victim notes where they are missing (not ``IF NOT EXISTS``, for the
 #: same reason as the commit log's, in :mod:`shardsession.twophase`).
@@ -46,9 +52,13 @@ VICTIMS_DDL = (
     f"DO $ss$ BEGIN IF to_regclass('{VICTIMS}') IS NULL THEN "
     f"EXECUTE $ddl${_VICTIMS_CREATE}$ddl$; END IF; END $ss$"
 )
-#: Run by a worker whose statement was cancelled: its note, if the detector left one.
-#: Parameters: the backend pid and the transaction's tag.
-VICTIM_NOTE_SQL = f"DELETE FROM {VICTIMS} WHERE backend_pid = %s AND tag = %s RETURNING shards"
+#: Run by a worker whose statement was cancelled: the note about that statement, if
+#: the detector left one.  Parameters: the backend pid, the transaction's tag.
+VICTIM_NOTE_SQL = (
+    f"DELETE FROM {VICTIMS} n WHERE n.backend_pid = %(pid)s AND n.tag = %(tag)s "
+    "AND n.query_start = (SELECT query_start FROM pg_stat_activity WHERE pid = %(pid)s) "
+    "RETURNING n.shards"
+)
 
 
 def new_tag() -> str:

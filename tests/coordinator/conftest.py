@@ -37,7 +37,9 @@ def direct(shard_dsns: dict[str, str]) -> Iterator[dict[str, Any]]:
     """Plain SQLAlchemy engines (psycopg, no workers) on each shard's database."""
     engines = {
         name: create_engine(
-            "postgresql+psycopg://", creator=functools.partial(psycopg.connect, dsn)
+            "postgresql+psycopg://",
+            creator=functools.partial(psycopg.connect, dsn),
+            pool_pre_ping=True,  # a test may terminate every backend of a database
         )
         for name, dsn in shard_dsns.items()
     }

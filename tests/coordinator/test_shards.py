@@ -18,6 +18,10 @@ def test_timeouts_and_every_options_source_all_apply(shard_dsns: dict[str, str])
         connect_args={"options": "-c idle_in_transaction_session_timeout=60s"},
         recovery_interval=None, deadlock_interval=None,
     )  # fmt: skip
+    # recovery and the deadlock detector connect with the same settings
+    direct = conninfo_to_dict(shards.dsns["s0"])
+    assert "idle_in_transaction_session_timeout=60s" in direct["options"]
+    assert "work_mem=7MB" in direct["options"]
     try:
         with ss.Session(shards) as s:
             show = {name: s.scalar(text(f"SHOW {name}"), bind_arguments={"shard_id": "s0"})

@@ -170,10 +170,14 @@ import psycopg
 import shardsession as ss
 from sqlalchemy import text
 
-TERMINATE = ("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = "
-             "current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'")
-RUNNING = ("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE "
+TERMINATE = "SELECT pg_terminate_backend(%s)"
+RUNNING = ("SELECT pid FROM pg_stat_activity WHERE state = 'active' AND query LIKE "
            "'%pg_sleep%' AND pid <> pg_backend_pid()")
+
+
+def backend(session):
+    conn = session.connection(bind_arguments={"shard_id": "s0"}).connection.dbapi_connection
+    return conn.info.backend_pid
 
 if __name__ == "__main__":
     dsn = os.environ["DSN"]
@@ -181,13 +185,14 @@ if __name__ == "__main__":
     shards = ss.create_shards({"s0": dsn}, pool_size=2)
     with ss.Session(shards) as s:  # a worker idle in the pool
         s.execute(text("SELECT 1"), bind_arguments={"shard_id": "s0"})
-    admin.execute(TERMINATE)
+        pid = backend(s)
+    admin.execute(TERMINATE, (pid,))
     time.sleep(0.3)
     with ss.Session(shards) as s:  # replaced without a word
         print("after idle:", s.scalar(text("SELECT 2"), bind_arguments={"shard_id": "s0"}))
     s = ss.Session(shards)  # idle in a transaction
     s.execute(text("SELECT 3"), bind_arguments={"shard_id": "s0"})
-    admin.execute(TERMINATE)
+    admin.execute(TERMINATE, (backend(s),))
     time.sleep(0.3)
     try:
         s.execute(text("SELECT 4"), bind_arguments={"shard_id": "s0"})
@@ -196,9 +201,9 @@ if __name__ == "__main__":
     s.close()
     import threading
     def terminate_when_running():
-        while admin.execute(RUNNING).fetchone()[0] == 0:
+        while (row := admin.execute(RUNNING).fetchone()) is None:
             time.sleep(0.02)
-        admin.execute(TERMINATE)
+        admin.execute(TERMINATE, row)
     threading.Thread(target=terminate_when_running).start()
     with ss.Session(shards) as s:  # running a statement
         try:

@@ -8,7 +8,8 @@ meanwhile a killer SIGKILLs a random worker now and then (whatever it is doing:
 holding locks, waiting for one, preparing, committing).
 
 Checked: throughput never stalls longer than the detector's interval plus one
-second; the total balance holds; afterwards nothing is prepared or locked.
+second (in the soak; the short run, sharing the machine with the whole suite,
+allows three); the total balance holds; afterwards nothing is prepared or locked.
 The default run lasts 8 s; ``--shardsession-soak SECONDS`` runs it longer
 (the issue's soak: 60).
 """
@@ -147,7 +148,11 @@ def test_hot_row_transfers_never_stall_on_a_distributed_deadlock(
         assert out.other == [], out.other[:5]
         assert out.deadlocks > 0, "no distributed deadlock formed: the workload proves nothing"
         assert len(kills) > 0
-        assert stall <= INTERVAL + 1.0, f"throughput stalled for {stall:.2f}s"
+        # The soak holds the bound the detector promises (its interval plus one
+        # second); the short run shares two cores with the rest of the suite and is
+        # allowed more before it calls a stall (a missed deadlock stalls for 60 s).
+        bound = INTERVAL + (1.0 if soak_seconds else 3.0)
+        assert stall <= bound, f"throughput stalled for {stall:.2f}s"
 
         # Whatever the kills left prepared is settled by recovery; then the books balance.
         shards.recover(older_than=0)
