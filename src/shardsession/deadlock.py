@@ -50,7 +50,8 @@ _VICTIMS_CREATE = (
 #: same reason as the commit log's, in :mod:`shardsession.twophase`).
 VICTIMS_DDL = (
     f"DO $ss$ BEGIN IF to_regclass('{VICTIMS}') IS NULL THEN "
-    f"EXECUTE $ddl${_VICTIMS_CREATE}$ddl$; END IF; END $ss$"
+    f"EXECUTE $ddl${_VICTIMS_CREATE}$ddl$; END IF; "
+    "EXCEPTION WHEN unique_violation OR duplicate_table OR duplicate_object THEN NULL; END $ss$"
 )
 #: Run by a worker whose statement was cancelled: the note about that statement, if
 #: the detector left one.  Parameters: the backend pid, the transaction's tag.

@@ -50,9 +50,11 @@ _COMMIT_LOG_CREATE = (
 #: Creates the commit log where it is missing.  Not ``CREATE TABLE IF NOT EXISTS``:
 #: PostgreSQL checks the CREATE privilege on the schema before it looks for the
 #: table, and an application's role often lacks it (the default since PostgreSQL 15).
+#: Two sessions creating it at once: the second one's error is ignored.
 COMMIT_LOG_DDL = (
     f"DO $ss$ BEGIN IF to_regclass('{COMMIT_LOG}') IS NULL THEN "
-    f"EXECUTE $ddl${_COMMIT_LOG_CREATE}$ddl$; END IF; END $ss$"
+    f"EXECUTE $ddl${_COMMIT_LOG_CREATE}$ddl$; END IF; "
+    "EXCEPTION WHEN unique_violation OR duplicate_table OR duplicate_object THEN NULL; END $ss$"
 )
 #: The commit decision, written by the commit point's own transaction just before it
 #: commits.  ``decided_at`` is the clock at the insert, not the transaction's start

@@ -180,3 +180,36 @@ def test_wait_on_a_crashed_applications_prepared_transaction_is_settled(
     assert waited < 8, f"waited {waited:.1f}s for the leftover prepared transaction"
     report = detect_deadlocks(shard_dsns, cancel=False)
     assert report.waits == [] and report.cycles == []
+
+
+def test_shardsession_tables_created_by_many_sessions_at_once(tmp_path: Any) -> None:
+    # A new shard: every worker's first connect and every detector create the commit
+    # log and the notes if missing, possibly at the same moment; none may fail.
+    from shardsession.deadlock import VICTIMS_DDL
+    from shardsession.embedded import LocalCluster
+    from shardsession.twophase import COMMIT_LOG_DDL
+
+    with LocalCluster(shards=1, path=tmp_path / "c", durable=False) as cluster:
+        dsn = cluster.start()["s0"]
+        errors: list[BaseException] = []
+        for _ in range(10):
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("DROP TABLE IF EXISTS shardsession_deadlock_notes, "
+                             "shardsession_commit_log")  # fmt: skip
+            together = threading.Barrier(4)
+
+            def create(together: threading.Barrier) -> None:
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    together.wait()
+                    try:
+                        conn.execute(COMMIT_LOG_DDL)
+                        conn.execute(VICTIMS_DDL)
+                    except psycopg.Error as err:
+                        errors.append(err)
+
+            threads = [threading.Thread(target=create, args=(together,)) for _ in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        assert errors == []
