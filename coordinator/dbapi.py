@@ -192,9 +192,14 @@ class Connection:
         worker sets it as its backend's ``application_name`` when it begins the
         transaction, so the deadlock detector can see waits across shards.
         Cleared when the transaction ends.
+    :ivar owner: a weak reference to the sharded Session whose transaction holds
+        the connection (writes to reference tables reach every shard of it, see
+        :func:`shardsession.coordinator.reference.replicate`), or None.  Cleared
+        when the transaction ends.
     """
 
     tag: str | None = None
+    owner: Any = None
 
     def __init__(self, shard: str, kwargs: dict[str, Any], start_method: str | None) -> None:
         self.shard = shard
@@ -355,7 +360,7 @@ class Connection:
     def commit(self) -> None:
         """Commit the open transaction (no round trip when none is open)."""
         self._served.clear()
-        self.tag = None
+        self.tag = self.owner = None
         if self.idle or self.closed:
             return
         self.request(p.Commit())
@@ -368,7 +373,7 @@ class Connection:
         the worker runs requests in order, so whatever comes next runs after it.
         """
         self._served.clear()
-        self.tag = None
+        self.tag = self.owner = None
         if self.closed or self.idle:
             return
         self.send_and_forget(p.Rollback())
@@ -520,6 +525,11 @@ class Cursor:
         self._pos = 0
         self._server: str | None = None  # open server-side cursor
         self.closed = False
+
+    def set_result(self, result: p.Result) -> None:
+        """Take ``result`` as the outcome of the statement just run elsewhere (the
+        coordinator sent it to several shards at once), without a round trip."""
+        self._set(result)
 
     def _set(self, result: p.Result) -> None:
         self.description = result.description

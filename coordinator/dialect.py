@@ -18,6 +18,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
+from shardsession.coordinator import reference
 from sqlalchemy import event
 from sqlalchemy.dialects import registry
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
@@ -47,11 +48,51 @@ class PGDialect_shardsession(PGDialect_psycopg):
 
     @classmethod
     def get_async_dialect_cls(cls, url: Any) -> type[PGDialect_shardsession]:
-        """The same dialect (asyncio support comes with ``ss.AsyncSession``)."""
-        return cls
+        """The asyncio variant, what ``create_async_engine`` uses
+        (:mod:`shardsession.coordinator.aio_dialect`)."""
+        from shardsession.coordinator.aio_dialect import PGDialectAsync_shardsession
+
+        return PGDialectAsync_shardsession
 
     def _type_info_fetch(self, connection: Any, name: str) -> None:
         return None
+
+    # A write to a reference table on a connection of a sharded Session's transaction
+    # goes to every shard of that transaction (shardsession.coordinator.reference).
+    def do_execute(self, cursor: Any, statement: str, parameters: Any, context: Any = None
+                   ) -> None:  # fmt: skip
+        """``cursor.execute``; a write to a reference table runs on every shard."""
+        if (
+            context is not None
+            and context.is_crud
+            and cursor.connection.owner is not None
+            and reference.replicate(cursor, statement, parameters, context, many=False)
+        ):
+            return
+        cursor.execute(statement, parameters)
+
+    def do_executemany(self, cursor: Any, statement: str, parameters: Any, context: Any = None
+                       ) -> None:  # fmt: skip
+        """``cursor.executemany``; a write to a reference table runs on every shard."""
+        if (
+            context is not None
+            and context.is_crud
+            and cursor.connection.owner is not None
+            and reference.replicate(cursor, statement, parameters, context, many=True)
+        ):
+            return
+        cursor.executemany(statement, parameters)
+
+    def do_execute_no_params(self, cursor: Any, statement: str, context: Any = None) -> None:
+        """``cursor.execute``; a write to a reference table runs on every shard."""
+        if (
+            context is not None
+            and context.is_crud
+            and cursor.connection.owner is not None
+            and reference.replicate(cursor, statement, None, context, many=False)
+        ):
+            return
+        cursor.execute(statement)
 
     @classmethod
     def engine_created(cls, engine: Any) -> None:
@@ -113,3 +154,6 @@ def _create_commit_log(dbapi_connection: Any, record: Any) -> None:
 dialect = PGDialect_shardsession
 
 registry.register("postgresql.shardsession", "shardsession.coordinator.dialect", "dialect")
+registry.register(
+    "postgresql.shardsession_async", "shardsession.coordinator.aio_dialect", "dialect"
+)

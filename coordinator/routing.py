@@ -30,6 +30,7 @@ import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from shardsession.coordinator import identity, reference
 from sqlalchemy import inspect
 from sqlalchemy import types as sqltypes
 from sqlalchemy.orm import Mapper, RelationshipDirection
@@ -135,6 +136,7 @@ def shard_key_for(mapper: Mapper[Any]) -> ShardKey | None:
         attr = getattr(mapper.class_, "__shard_key__", None)
         found = ShardKey(mapper, attr) if isinstance(attr, str) else None
         _keys[mapper] = found
+        identity.check_mapper(mapper)  # ids that would repeat across shards: warn
     return found  # type: ignore[no-any-return]
 
 
@@ -147,31 +149,36 @@ def place_new_objects(states: Iterable[Any], shards: Sequence[str]) -> None:
     Keyed objects are placed by their key; the others follow a linked object
     that has a shard (breadth-first, so the result does not depend on the
     order objects were added), and what is linked to nothing goes to the
-    first shard.  The shard is stored as the state's identity token, which
-    SQLAlchemy's sharded session reads when it flushes the object.
+    first shard, or is spread over the shards when its class has a sharded
+    identity (``identity.place_unlinked``).  The shard is stored as the
+    state's identity token, which SQLAlchemy's sharded session reads when it
+    flushes the object.
     """
     pending = []
     for state in states:
         if _token_of(state) is not None:
+            continue
+        if reference.is_reference_mapper(state.mapper):
+            state.identity_token = shards[0]  # written on every shard, read from the first
             continue
         key = shard_key_for(state.mapper)
         if key is not None:
             state.identity_token = shard_for_key(shards, key.value_of(state.obj()))
         else:
             pending.append(state)
+    held: dict[int, list[Any]] = {}  # who holds whom, worked out once
     while pending:
         progressed = False
         rest = []
         for state in pending:
-            shard = _linked_shard(state)
+            shard = _linked_shard(state, held)
             if shard is None:
                 rest.append(state)
             else:
                 state.identity_token = shard
                 progressed = True
         if not progressed:
-            for state in rest:
-                state.identity_token = shards[0]
+            identity.place_unlinked(rest, shards)
             return
         pending = rest
 
@@ -182,19 +189,27 @@ def _token_of(state: Any) -> Any:
     return state.identity_token
 
 
-def _linked_shard(state: Any) -> Any:
-    """The shard of an object linked to ``state`` through a relationship, or None."""
+def _linked_shard(state: Any, held: dict[int, list[Any]] | None = None) -> Any:
+    """The shard of an object linked to ``state`` through a relationship, or None.
+
+    ``held`` is :func:`_holders`' index, built once per placement.
+    """
     dict_ = state.dict
     for rel in state.mapper.relationships:
         value = dict_.get(rel.key)
         if value is None:
             continue
         for target in _members(rel, value):
-            token = _token_of(inspect(target))
+            target_state = inspect(target)
+            if reference.is_reference_mapper(target_state.mapper):
+                continue  # on every shard: it places nothing
+            token = _token_of(target_state)
             if token is not None:
                 return token
     # A parent holding this object in a collection without a back-reference.
-    for parent_state, _rel in _holders(state):
+    for parent_state, _rel in _holders(state, held):
+        if reference.is_reference_mapper(parent_state.mapper):
+            continue
         token = _token_of(parent_state)
         if token is not None:
             return token
@@ -210,21 +225,29 @@ def _members(rel: Any, value: Any) -> list[Any]:
     return list(value)
 
 
-def _holders(state: Any) -> Iterable[tuple[Any, Any]]:
+def _holders(state: Any, held: dict[int, list[Any]] | None = None) -> Iterable[tuple[Any, Any]]:
+    """The (parent state, relationship) pairs whose collection holds ``state``'s object.
+
+    The session's new and changed objects are indexed once into ``held`` (empty
+    at first), so placing n objects costs O(n), not O(n^2).
+    """
     session = state.session
     if session is None:
         return ()
-    found = []
-    obj = state.obj()
-    # new parents, and persistent ones whose collections changed
-    for other in map(inspect, [*session.new, *session.dirty]):
-        for rel in other.mapper.relationships:
-            if rel.direction is RelationshipDirection.MANYTOONE:
-                continue
-            value = other.dict.get(rel.key)
-            if value is not None and any(v is obj for v in _members(rel, value)):
-                found.append((other, rel))
-    return found
+    if held is None:
+        held = {}
+    if not held:
+        held[0] = []  # built: an index of no holders stays built
+        # new parents, and persistent ones whose collections changed
+        for other in map(inspect, [*session.new, *session.dirty]):
+            for rel in other.mapper.relationships:
+                if rel.direction is RelationshipDirection.MANYTOONE:
+                    continue
+                value = other.dict.get(rel.key)
+                if value is not None:
+                    for member in {id(v): v for v in _members(rel, value)}:
+                        held.setdefault(member, []).append((other, rel))
+    return held.get(id(state.obj()), ())
 
 
 # -- statements ----------------------------------------------------------------------
@@ -303,6 +326,20 @@ def _entities(statement: Any) -> list[Mapper[Any]]:
         mapper = getattr(inspect(entity, raiseerr=False), "mapper", None) if entity else None
         if mapper is not None and mapper not in out:
             out.append(mapper)
+    return out
+
+
+def pinned_keys(statement: Any, params: Mapping[str, Any] | None
+                ) -> list[tuple[ShardKey, set[Any]]]:  # fmt: skip
+    """Each keyed class of ``statement`` whose key its WHERE clause pins, with the
+    (normalized) values: what a session following a rebalance locks where it was."""
+    where = getattr(statement, "whereclause", None)
+    out: list[tuple[ShardKey, set[Any]]] = []
+    for mapper in _entities(statement) if where is not None else ():
+        key = shard_key_for(mapper)
+        values = _pinned(where, {key.column: key}, params or {}) if key is not None else None
+        if key is not None and values:
+            out.append((key, values))
     return out
 
 

@@ -17,9 +17,11 @@ identity token.  Several shards:
 3. the shards' results are put together in the merged order.
 
 UPDATE and DELETE go to every shard the same way; the result's ``rowcount`` is
-the total.  A bulk INSERT with a list of parameter sets is split by shard key.
-Streaming (``yield_per``, ``stream_results``) over several shards opens a
-server-side cursor per shard and merges lazily.
+the total.  A statement over reference tables only (:mod:`.reference`) runs on
+the first shard, and the dialect replicates a write to the others.  A bulk
+INSERT with a list of parameter sets is split by shard key.  Streaming
+(``yield_per``, ``stream_results``) over several shards opens a server-side
+cursor per shard and merges lazily.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from shardsession.coordinator import dbapi, plan, routing
+from shardsession.coordinator import dbapi, plan, reference, routing
 from shardsession.coordinator import merge as m
 from shardsession.coordinator import selectparts as parts
 from sqlalchemy import select, tuple_
@@ -91,16 +93,20 @@ def _explicit_shard(orm_context: Any) -> Any:
     if token is not None:
         return token
     parent = orm_context.lazy_loaded_from if orm_context.is_select else None
-    # a lazy load goes to its parent's shard
+    # a lazy load goes to its parent's shard (a reference object's to where its rows are)
     if parent is not None and parent.key is not None and parent.key[2] is not None:
-        return parent.key[2]
+        if not reference.is_reference_mapper(parent.mapper):
+            return parent.key[2]
     eo = orm_context.execution_options
     if eo.get("_sa_shard_id") is not None:
         return eo["_sa_shard_id"]
     if "shard_id" in orm_context.bind_arguments:
         return orm_context.bind_arguments["shard_id"]
     # selectin / subquery eager loads carry the parent's shard here
-    return eo.get("identity_token")
+    token = eo.get("identity_token")
+    if token is not None and reference.loads_for_reference_parent(orm_context):
+        return None
+    return token
 
 
 def _invoke(orm_context: Any, shard: Any, **kw: Any) -> Any:
@@ -144,6 +150,12 @@ def execute_hook(orm_context: Any) -> Any:
         if shard not in shards:
             raise routing.unknown_shard(shard, shards)
         return _invoke(orm_context, shard)
+    if reference.is_reference_statement(orm_context.statement):
+        # reference rows only: read from one shard; a write is replicated by the dialect
+        result = _invoke(orm_context, session._shard_names[0])
+        if orm_context.is_select:
+            reference.check_loaded(result)
+        return result
     if orm_context.is_insert:
         return _insert(orm_context)
     if orm_context.is_update and isinstance(orm_context.parameters, list):
@@ -253,6 +265,8 @@ def _scatter(orm_context: Any, shards: list[Any]) -> Any:
         dbapi.broadcast.reset(token)
     if not hook.fired:
         raise CrossShardError("the statement for several shards never reached their workers")
+    if select_plan is not None:
+        reference.check_scattered(results[first])
     for shard in shards[1:]:
         if shard in served:
             results[shard] = _invoke(orm_context, shard, statement=statement)

@@ -22,10 +22,11 @@ the :class:`~sqlalchemy.ext.horizontal_shard.set_shard_id` option, the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import weakref
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from shardsession.coordinator import routing
+from shardsession.coordinator import identity, reference, routing
 from shardsession.coordinator.scatter import execute_hook
 from shardsession.coordinator.shards import ShardSet
 from shardsession.coordinator.twophase import CommitCoordinator
@@ -54,6 +55,10 @@ class Session(ShardedSession):
     :param twophase: commit a transaction that wrote to several shards with the
         two-phase protocol (default True).  With False, each shard commits on its
         own, as SQLAlchemy's ShardedSession does.
+    :param previous_shards: while ``shardsession rebalance`` moves rows to ``shards``,
+        the shard names before the change (or name -> Engine, e.g. the old ShardSet,
+        which must hold the shards that are leaving): rows not moved yet are found
+        where they were (:func:`~shardsession.coordinator.rebalance.follow_rebalance`).
     """
 
     def __init__(
@@ -66,6 +71,7 @@ class Session(ShardedSession):
         execute_chooser: Callable[..., Any] | None = None,
         twophase: bool = True,
         query_cls: Any = ShardedQuery,
+        previous_shards: Mapping[str, Any] | Sequence[str] | None = None,
         **kwargs: Any,
     ) -> None:
         if isinstance(bind, Mapping) and shards is None:
@@ -92,6 +98,13 @@ class Session(ShardedSession):
         self._commit: CommitCoordinator | None = None
         self._tag: str | None = None  # the root transaction's tag (shardsession.deadlock)
         self._group_shard: Any = None  # the shard of a bulk statement's group being run
+        # one object per reference row, whichever shard it is read through
+        self.identity_map = reference.IdentityMap(self._shard_names[0])
+        self._ref = weakref.ref(self)  # the owner of its worker connections' transactions
+        if previous_shards is not None:  # a rebalance is moving rows to these shards
+            from shardsession.coordinator.rebalance import follow_rebalance
+
+            follow_rebalance(self, previous_shards)
 
     # -- binds ---------------------------------------------------------------------
 
@@ -148,10 +161,30 @@ class Session(ShardedSession):
                 return state.key[2]
             if state.identity_token is not None:
                 return state.identity_token
-        shard = self.shard_chooser(mapper, instance, **kw)
+        if reference.is_reference_mapper(state.mapper if instance is not None else mapper):
+            shard = self._shard_names[0]  # the token of every reference object
+        else:
+            shard = self.shard_chooser(mapper, instance, **kw)
         if instance is not None:
             state.identity_token = shard
         return shard
+
+    def expunge_all(self) -> None:
+        """Remove every object from this session (SQLAlchemy's
+        :meth:`~sqlalchemy.orm.Session.expunge_all`)."""
+        super().expunge_all()
+        self.identity_map = reference.IdentityMap(self._shard_names[0])
+
+    def get(self, entity: Any, ident: Any, **kw: Any) -> Any:
+        """The instance of ``entity`` with primary key ``ident``, or None.
+
+        SQLAlchemy's :meth:`sqlalchemy.orm.Session.get`, with its keyword arguments
+        (``options``, ``populate_existing``, ``with_for_update``, ``identity_token``,
+        ``execution_options``, ``bind_arguments``).  An id made by
+        :class:`~shardsession.ShardedIdentity` is looked for on the shard it names
+        first, and on the other shards only if the row is not there.
+        """
+        return identity.get(self, super().get, entity, ident, **kw)
 
     # -- default choosers ------------------------------------------------------------
 
@@ -168,6 +201,9 @@ class Session(ShardedSession):
             pinned = routing.statement_shards(clause, None, self._shard_names)
             if pinned is not None and len(pinned) == 1:
                 return pinned[0]
+            insert = getattr(clause, "is_insert", False)
+            if insert and isinstance(mapper, Mapper) and identity.spreads(mapper):
+                return identity.next_shard(mapper, self._shard_names)
         what = f"for {mapper.class_.__name__}" if isinstance(mapper, Mapper) else "here"
         raise ShardNotFoundError(
             f"no shard can be chosen {what}: this session has shards {list(self._shard_names)}. "
@@ -178,6 +214,8 @@ class Session(ShardedSession):
     def _default_identity_chooser(
         self, mapper: Mapper[Any], primary_key: Any, *, lazy_loaded_from: Any = None, **kw: Any
     ) -> list[Any]:
+        if reference.is_reference_mapper(mapper):
+            return [self._shard_names[0]]
         if lazy_loaded_from is not None:
             token = lazy_loaded_from.key[2] if lazy_loaded_from.key else None
             if token is not None:
@@ -197,8 +235,9 @@ class Session(ShardedSession):
         pinned = routing.statement_shards(
             orm_context.statement, orm_context.parameters, self._shard_names
         )
-        if pinned is None:
-            return list(self._shard_names)
+        if pinned is None:  # every shard, but one a get() has asked already (identity.get)
+            asked = orm_context.execution_options.get(identity.ASKED)
+            return [shard for shard in self._shard_names if shard != asked]
         return pinned or [self._shard_names[0]]  # key IN (): no row anywhere, ask one shard
 
     # -- two-phase ---------------------------------------------------------------------
@@ -219,6 +258,7 @@ def _after_begin(session: Any, transaction: Any, connection: Any) -> None:
     if session._tag is None:
         session._tag = new_tag()
     dbapi_connection.tag = session._tag
+    dbapi_connection.owner = session._ref
     if session.twophase:
         session._coordinator().register(dbapi_connection)
 
@@ -271,13 +311,19 @@ def _check_links(state: Any) -> None:
     mine = _token(state)
     if mine is None:
         return
+    if reference.is_reference_mapper(state.mapper):
+        reference.check_links(state)
+        return
     for rel in state.mapper.relationships:
         if rel.direction is not RelationshipDirection.MANYTOONE or rel.secondary is not None:
             continue
         target = state.dict.get(rel.key)
         if target is None:
             continue
-        theirs = _token(inspect(target))
+        target_state = inspect(target)
+        if reference.is_reference_mapper(target_state.mapper):
+            continue  # a reference row has a copy on every shard
+        theirs = _token(target_state)
         if theirs is not None and theirs != mine:
             cls = state.class_.__name__
             raise CrossShardError(
@@ -309,6 +355,7 @@ event.listen(Session, "do_orm_execute", execute_hook, retval=True)
 event.listen(Session, "after_begin", _after_begin)
 event.listen(Session, "after_transaction_end", _after_transaction_end)
 event.listen(Session, "before_flush", _before_flush)
+identity.install(Session)  # shard numbers before the first sharded-identity INSERT
 
 
 class sessionmaker(_SASessionmaker[Session]):

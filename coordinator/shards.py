@@ -44,6 +44,13 @@ def _conninfo(dsn: str, shard: str = "?") -> str:
     return shard_conninfo(shard, dsn)
 
 
+def _asyncio_engine(url: str, **kwargs: Any) -> Engine:
+    """The synchronous side of ``create_async_engine(url, **kwargs)``."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    return create_async_engine(url, **kwargs).sync_engine
+
+
 def _engine_conninfo(engine: Engine) -> str:
     """The conninfo an engine's connections are made with (for recovery)."""
     cargs, cparams = engine.dialect.create_connect_args(engine.url)
@@ -178,6 +185,7 @@ def create_shards(
     recovery_interval: float | None = 30.0,
     recovery_grace: float = 30.0,
     deadlock_interval: float | None = 1.0,
+    for_asyncio: bool = False,
     **engine_kwargs: Any,
 ) -> ShardSet:
     """Create one engine per shard and return them as a :class:`ShardSet`.
@@ -200,6 +208,9 @@ def create_shards(
     :param deadlock_interval: seconds between two looks of the distributed
         deadlock detector (None: off); a lock cycle across shards is broken within
         about this time (:mod:`shardsession.coordinator.detector`).
+    :param for_asyncio: make each engine as ``create_async_engine`` does (the
+        dialect's asyncio variant and pool) so that asyncio code can use it too;
+        :func:`shardsession.create_async_shards` sets it and wraps the result.
     :param engine_kwargs: passed to :func:`sqlalchemy.create_engine`
         (``pool_timeout``, ``pool_pre_ping``, ``pool_recycle``, ``echo``, ...).
     """
@@ -252,7 +263,7 @@ def create_shards(
         settings.append(extra_connect_args.get("options") or "")
         if any(settings):
             connect_args["options"] = " ".join(filter(None, settings))
-        engine = create_engine(
+        engine = (_asyncio_engine if for_asyncio else create_engine)(
             _DRIVER,
             connect_args={**extra_connect_args, **connect_args},
             pool_size=pool_size,

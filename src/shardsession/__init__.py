@@ -7,6 +7,9 @@ own objects), with the sharded :class:`Session` and :func:`sessionmaker`,
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -73,7 +76,11 @@ from sqlalchemy.orm.instrumentation import is_instrumented
 from sqlalchemy.orm.util import object_state, was_deleted
 
 from shardsession import exc as exc
+from shardsession.coordinator import aio as _aio
 from shardsession.coordinator import dialect as _dialect  # registers postgresql+shardsession
+from shardsession.coordinator.identity import ShardedIdentity, shard_for_id, shard_numbers
+from shardsession.coordinator.rebalance import RebalanceReport, rebalance
+from shardsession.coordinator.reference import REPLICATED
 from shardsession.coordinator.routing import shard_for_key
 from shardsession.coordinator.session import Session, sessionmaker
 from shardsession.coordinator.shards import (
@@ -86,6 +93,7 @@ from shardsession.coordinator.shards import (
 from shardsession.recovery import RecoveryReport, recover
 
 __all__ = [
+    "REPLICATED",
     "BigInteger",
     "Boolean",
     "Column",
@@ -102,10 +110,12 @@ __all__ = [
     "MetaData",
     "Numeric",
     "ORMExecuteState",
+    "RebalanceReport",
     "RecoveryReport",
     "Session",
     "SessionTransaction",
     "ShardSet",
+    "ShardedIdentity",
     "String",
     "Table",
     "Text",
@@ -144,6 +154,7 @@ __all__ = [
     "object_session",
     "object_state",
     "or_",
+    "rebalance",
     "recover",
     "relationship",
     "select",
@@ -152,11 +163,38 @@ __all__ = [
     "set_attribute",
     "set_committed_value",
     "set_shard_id",
+    "shard_for_id",
     "shard_for_key",
+    "shard_numbers",
     "text",
     "update",
     "was_deleted",
 ]  # fmt: skip
 
 del _dialect
+
+# asyncio (AsyncSession, async_sessionmaker, AsyncShardSet, create_async_shards) runs
+# on SQLAlchemy's asyncio extension, which needs greenlet (the asyncio extra): those
+# names are imported on first use, and raise an ImportError naming the extra without it.
+_ASYNCIO_NAMES = {"AsyncSession": "aio_session", "async_sessionmaker": "aio_session",
+                  "AsyncShardSet": "aio_shards", "create_async_shards": "aio_shards"}  # fmt: skip
+if TYPE_CHECKING:
+    from shardsession.coordinator.aio_session import AsyncSession as AsyncSession
+    from shardsession.coordinator.aio_session import async_sessionmaker as async_sessionmaker
+    from shardsession.coordinator.aio_shards import AsyncShardSet as AsyncShardSet
+    from shardsession.coordinator.aio_shards import create_async_shards as create_async_shards
+if _aio.greenlet_installed():
+    __all__ += list(_ASYNCIO_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    module = _ASYNCIO_NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'shardsession' has no attribute {name!r}")
+    _aio.require_greenlet()
+    value = getattr(importlib.import_module(f"shardsession.coordinator.{module}"), name)
+    globals()[name] = value
+    return value
+
+
 __version__ = "0.2.0"

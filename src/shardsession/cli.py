@@ -15,9 +15,15 @@ Commands:
 ``deadlocks``
     one round of the distributed deadlock detector: print who waits for whom,
     the lock cycles across shards, and cancel each cycle's youngest transaction.
+``rebalance``
+    after adding or removing shards, move the rows whose shard changed, in
+    two-phase batches, while applications run (:mod:`shardsession.coordinator.rebalance`).
 ``demo``
     a multi-tenant workload over four shards: load, cross-shard queries,
     two-phase transfers while workers are killed, recovery, and the invariant.
+``migrate``
+    Alembic on every shard at once: ``upgrade``, ``downgrade``, ``stamp``,
+    ``current``, ``history`` and ``revision`` (:mod:`shardsession.migrate`).
 
 Every command takes ``--json`` for scripts.  Expected failures (no PostgreSQL
 binaries, a busy or invalid port, a folder that is a file or owned by someone else,
@@ -117,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("--dry-run", action="store_true", help="report only; cancel nothing")
     dead.add_argument("--json", action="store_true", help="print JSON for scripts")
     rec.add_argument("--json", action="store_true", help="print JSON for scripts")
+    _add_rebalance_parser(sub)
 
     check = sub.add_parser("check", help="check shard DSNs: reachable, two-phase commit on")
     check.add_argument(
@@ -127,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="a shard DSN, optionally named (repeat for each shard; unnamed: s0, s1, ...)",
     )
     check.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    _add_migrate_parser(sub)
 
     demo = sub.add_parser(
         "demo",
@@ -161,6 +170,84 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments of python -m bench")
     return parser
+
+
+def _add_migrate_parser(sub: Any) -> None:
+    migrate = sub.add_parser(
+        "migrate", help="run Alembic migrations on every shard at once (the migrate extra)"
+    )
+    actions = migrate.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def alembic_options(p: argparse.ArgumentParser, shards: bool = True) -> None:
+        if shards:
+            p.add_argument(
+                "--dsn",
+                action="append",
+                metavar="SHARD=DSN",
+                help="a shard's name and DSN (repeat for every shard); default: the local "
+                "cluster's shards",
+            )
+            p.add_argument("--path", default=None, help="the local cluster folder (without --dsn)")
+            p.add_argument(
+                "-x",
+                action="append",
+                default=[],
+                metavar="KEY=VALUE",
+                help="for env.py's context.get_x_argument()",
+            )
+        p.add_argument(
+            "-c",
+            "--config",
+            default=None,
+            metavar="FILE",
+            help="Alembic's alembic.ini or pyproject.toml (default: ./alembic.ini)",
+        )
+        p.add_argument("-n", "--name", default="alembic", help="the ini file's section (alembic)")
+        p.add_argument(
+            "--directory",
+            default=None,
+            metavar="DIR",
+            help="the script directory, with env.py (overrides script_location)",
+        )
+        p.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    for action, text in (
+        ("upgrade", "upgrade every shard to REVISION (e.g. head)"),
+        ("downgrade", "downgrade every shard to REVISION (e.g. -1, base)"),
+        ("stamp", "record REVISION on every shard without running migrations"),
+    ):
+        p = actions.add_parser(action, help=text)
+        p.add_argument("revision", metavar="REVISION")
+        p.add_argument(
+            "--shard",
+            action="append",
+            metavar="SHARD",
+            help="only this shard (repeat); the others are reported as they are",
+        )
+        p.add_argument(
+            "--allow-mixed",
+            action="store_true",
+            help="run even if the shards are at different revisions",
+        )
+        alembic_options(p)
+    alembic_options(actions.add_parser("current", help="every shard's revision"))
+    alembic_options(actions.add_parser("history", help="the revisions, newest first"), False)
+    rev = actions.add_parser("revision", help="write a new revision script (once for all shards)")
+    rev.add_argument("-m", "--message", default=None, help="the revision's message")
+    rev.add_argument(
+        "--autogenerate",
+        action="store_true",
+        help="compare the models with one shard (--shard, else the first)",
+    )
+    rev.add_argument("--shard", default=None, help="the shard --autogenerate compares with")
+    rev.add_argument("--rev-id", default=None, help="the new revision's id")
+    rev.add_argument("--head", default="head", help="the revision it follows (head)")
+    rev.add_argument(
+        "--allow-mixed",
+        action="store_true",
+        help="autogenerate even if the shards are at different revisions",
+    )
+    alembic_options(rev)
 
 
 def _print(args: argparse.Namespace, data: Any, text: str) -> None:
@@ -278,6 +365,113 @@ def _cmd_deadlocks(args: argparse.Namespace) -> int:
     return 1 if report.unreachable else 0
 
 
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from shardsession import migrate
+
+    where = {"config": args.config, "directory": args.directory, "section": args.name}
+    if args.action == "history":
+        revisions = migrate.history(**where)
+        lines = [r.as_text() for r in revisions] or ["no revisions yet"]
+        _print(args, [r.as_dict() for r in revisions], "\n".join(lines))
+        return 0
+    if args.action == "revision" and not args.autogenerate:
+        script = migrate.revision(
+            None, args.message, rev_id=args.rev_id, head=args.head, x=args.x, **where
+        )
+        _print(
+            args,
+            {"revision": script.revision, "path": script.path, "shard": None},
+            f"wrote {script.path} (revision {script.revision})",
+        )
+        return 0
+    if args.dsn:
+        dsns = named_dsns(args.dsn, names_required=True, why="(each shard is reported by name)")
+    else:
+        info = LocalCluster(shards=1, path=args.path).status()
+        if not info["running"]:
+            print(f"error: no running cluster at {info['path']}; give --dsn", file=sys.stderr)
+            return 2
+        dsns = {s["shard"]: s["dsn"] for inst in info["instances"] for s in inst["shards"]}
+    if args.action == "current":
+        revisions = migrate.current(dsns, x=args.x, **where)
+        heads = tuple(sorted(r.revision for r in migrate.history(**where) if r.head))
+        lines = [
+            f"{shard}: {migrate.show_revision(r)}{' (head)' if r == heads else ''}"
+            for shard, r in revisions.items()
+        ]
+        level = len(set(revisions.values())) == 1
+        if not level:
+            lines.append(
+                f"the shards are at different revisions: {migrate.describe_revisions(revisions)}"
+            )
+        data = {
+            "shards": {s: list(r) for s, r in revisions.items()},
+            "level": level,
+            "heads": list(heads),
+        }
+        _print(args, data, "\n".join(lines))
+        return 0 if level else 1
+    if args.action == "revision":
+        shard = args.shard or next(iter(dsns))
+        script = migrate.revision(
+            dsns,
+            args.message,
+            autogenerate=True,
+            shard=shard,
+            rev_id=args.rev_id,
+            head=args.head,
+            x=args.x,
+            allow_mixed=args.allow_mixed,
+            **where,
+        )
+        _print(
+            args,
+            {"revision": script.revision, "path": script.path, "shard": shard},
+            f"compared the models with shard {shard}; wrote {script.path} "
+            f"(revision {script.revision})",
+        )
+        return 0
+    try:
+        report = getattr(migrate, args.action)(
+            dsns, args.revision, shards=args.shard, allow_mixed=args.allow_mixed, x=args.x, **where
+        )
+    except migrate.MigrationError as err:
+        _print(args, err.report.as_dict(), err.report.as_text())
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    _print(args, report.as_dict(), report.as_text())
+    return 0
+
+
+def _add_rebalance_parser(sub: Any) -> None:
+    reb = sub.add_parser("rebalance", help="move the rows whose shard changed (new shard list)")
+    reb.add_argument("--models", required=True, metavar="MODULE:BASE",
+                     help="your models' declarative base, e.g. myapp.models:Base")  # fmt: skip
+    reb.add_argument("--dsn", action="append", required=True, metavar="SHARD=DSN",
+                     help="a shard of the new list (repeat for every shard)")  # fmt: skip
+    reb.add_argument("--retire", action="append", default=[], metavar="SHARD=DSN",
+                     help="a shard being removed (its rows move to the --dsn shards)")  # fmt: skip
+    reb.add_argument("--batch-size", type=int, default=500, help="rows per batch (500)")
+    reb.add_argument("--lock-timeout", type=float, default=5.0, metavar="SECONDS",
+                     help="wait this long for a row in use, then retry (5)")  # fmt: skip
+    only = reb.add_mutually_exclusive_group()
+    only.add_argument("--dry-run", action="store_true", help="count what would move; move nothing")
+    only.add_argument("--verify", action="store_true", help="only check where every row is")
+    reb.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def _cmd_rebalance(args: argparse.Namespace) -> int:
+    from shardsession.coordinator.rebalance import command
+
+    why = "(rows are placed by hashing over the shard names)"
+    return command(
+        named_dsns(args.dsn, names_required=True, why=why),
+        named_dsns(args.retire, names_required=True, why=why),
+        args.models, batch_size=args.batch_size, dry_run=args.dry_run, verify_only=args.verify,
+        json_output=args.json, lock_timeout=args.lock_timeout,
+    )  # fmt: skip
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -325,6 +519,8 @@ _COMMANDS = {
     "check": _cmd_check,
     "recover": _cmd_recover,
     "deadlocks": _cmd_deadlocks,
+    "rebalance": _cmd_rebalance,
+    "migrate": _cmd_migrate,
     "demo": _cmd_demo,
     "bench": _cmd_bench,
 }

@@ -21,6 +21,7 @@ from sqlalchemy.exc import (
     DBAPIError,
     InvalidRequestError,
     OperationalError,
+    SAWarning,
     SQLAlchemyError,
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -36,10 +37,13 @@ __all__ = [
     "PoolTimeoutError",
     "PortInUseError",
     "PostgresNotFoundError",
+    "ReferenceDivergedError",
     "SQLAlchemyError",
     "ShardNotFoundError",
+    "ShardNumberError",
     "ShardSessionError",
     "ShardUnreachableError",
+    "ShardedIdentityWarning",
     "TwoPhaseCommitPendingWarning",
     "TwoPhaseError",
     "TwoPhaseNotEnabledError",
@@ -60,8 +64,27 @@ class CrossShardError(ShardSessionError, InvalidRequestError):
     a merge that cannot be exact); the message names the fix."""
 
 
+class ReferenceDivergedError(ShardSessionError, InvalidRequestError):
+    """The copies of a reference table differ between shards: a write changed a different
+    number of rows (or returned different rows) on some of them.  The message names the
+    shards that differ; nothing of the write is kept once the transaction rolls back."""
+
+
 class ConfigurationError(ShardSessionError, ArgumentError):
     """The shards or the pool are configured in a way that cannot work."""
+
+
+class ShardNumberError(ConfigurationError):
+    """Shards' stable numbers (the high bits of :class:`~shardsession.ShardedIdentity` ids)
+    clash or are unreadable: two shards hold the same number, or a shard's
+    ``shardsession_shard`` view is malformed; the message says how to fix it."""
+
+
+class ShardedIdentityWarning(SAWarning):
+    """A class placed by ``__shard_key__`` has an autoincrement integer primary key that
+    does not hold the key, so its ids repeat across shards; the message names the fixes
+    (:class:`~shardsession.ShardedIdentity`, the key in the primary key, or
+    ``autoincrement=False``).  Emitted once per such column, when mappers are configured."""
 
 
 class TwoPhaseNotEnabledError(ConfigurationError):

@@ -38,6 +38,14 @@ def _check_report(report: dict[str, Any]) -> None:
     assert inv["negative_balances"] == 0
     assert sum(inv["prepared_left"].values()) == 0
     assert not any(inv["locked_rows"].values())
+    # the fleet section: reference table, global ids, resharding, asyncio, migration
+    fleet = report["fleet"]
+    assert fleet["ok"] is True, fleet["steps"]
+    assert [s["step"] for s in fleet["steps"]] == [
+        "reference table", "global ids", "join with the reference table",
+        "rebalance 3 -> 4 shards", "after resharding", "asyncio", "migration",
+    ]  # fmt: skip
+    assert fleet["rebalance"]["rows"] > 0
     tr = report["transfers"]
     assert tr["workers_killed"] == report["sizes"]["processes"] >= 2
     # the worker killed while holding a row lock: the next statement there failed with

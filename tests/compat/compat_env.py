@@ -30,8 +30,11 @@ from sqlalchemy.engine import URL, Engine
 
 __all__ = [
     "MODE",
+    "AsyncSession",
     "Session",
     "ShardedSession",
+    "async_engine",
+    "async_sessionmaker",
     "connect",
     "core_engine",
     "engine",
@@ -182,3 +185,42 @@ def sessionmaker(*args: Any, **kw: Any) -> sqlalchemy.orm.sessionmaker[Any]:
         return sqlalchemy.orm.sessionmaker(*args, **kw)
     args, kw = _bind_first(args, kw)
     return _ss().sessionmaker(*args, **kw)
+
+
+def async_engine(**kw: Any) -> Any:
+    """What an asyncio program gets instead of ``create_async_engine(...)``.
+
+    reference: an :class:`~sqlalchemy.ext.asyncio.AsyncEngine` (psycopg) on the reference
+    database; sharded: ``shardsession.create_async_shards(...)`` over the four shards.
+    """
+    key = f"async_engine:{sorted(kw.items())!r}"
+    if key not in _cache:
+        if MODE == "reference":
+            from sqlalchemy.ext.asyncio import create_async_engine
+
+            _cache[key] = create_async_engine(_url(os.environ["SS_COMPAT_REF_DSN"]), **kw)
+        else:
+            _cache[key] = _ss().create_async_shards(shard_dsns(), **kw)
+            _track_writes(_cache[key].sync)
+    return _cache[key]
+
+
+def AsyncSession(*args: Any, **kw: Any) -> Any:
+    """``sqlalchemy.ext.asyncio.AsyncSession(...)`` / ``shardsession.AsyncSession(...)``."""
+    if MODE == "reference":
+        from sqlalchemy.ext.asyncio import AsyncSession as _AsyncSession
+
+        return _AsyncSession(*args, **kw)
+    args, kw = _bind_first(args, kw)
+    return _ss().AsyncSession(*args, **kw)
+
+
+def async_sessionmaker(*args: Any, **kw: Any) -> Any:
+    """``sqlalchemy.ext.asyncio.async_sessionmaker(...)`` /
+    ``shardsession.async_sessionmaker(...)``."""
+    if MODE == "reference":
+        from sqlalchemy.ext.asyncio import async_sessionmaker as _async_sessionmaker
+
+        return _async_sessionmaker(*args, **kw)
+    args, kw = _bind_first(args, kw)
+    return _ss().async_sessionmaker(*args, **kw)

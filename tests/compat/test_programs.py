@@ -10,8 +10,9 @@ same rows behind.  A program that sets ``__shard_key__`` (or brings its own
 ``shard_chooser``) is there to spread its data: it must write (INSERT, UPDATE or
 DELETE) to two shards or more; ``compat_env`` notes where statements go.
 
-Both outputs are compared after one normalization: memory addresses in default
-reprs (``0x7f...``) print as ``0x?``.  In the row comparison, date-times within
+Both outputs are compared after two normalizations: memory addresses in default
+reprs (``0x7f...``) print as ``0x?``, and printed date-times within a week of now
+(a server default's ``now()``) as ``<now>``.  In the row comparison, date-times within
 a week of now (taken from the clock) print as ``<now>``, and for programs that
 spread their data, integer keys made by a sequence (and the foreign keys that hold
 them) print as ``#``: each shard has its own sequence (so do programs whose header
@@ -44,6 +45,9 @@ DATA_DIR = PROGRAMS_DIR / "data"
 TIMEOUT = 180
 
 _ADDRESS = re.compile(r"\b0x[0-9a-fA-F]{4,}\b")
+_DATETIME = re.compile(
+    r"\b\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:[+-]\d{2}(?::?\d{2})?|Z)?"
+)
 _SPREADS = re.compile(r"^\s*(__shard_key__\s*=|def shard_chooser\b)", re.MULTILINE)
 _MASK_KEYS = re.compile(r"^# compat: mask generated keys\b", re.MULTILINE)
 
@@ -93,8 +97,20 @@ class Run:
 
 
 def normalize(text: str) -> str:
-    """Memory addresses in default reprs print as ``0x?``."""
-    return _ADDRESS.sub("0x?", text)
+    """Memory addresses in default reprs print as ``0x?``, date-times within a week of
+    now as ``<now>``."""
+    now = datetime.datetime.now(datetime.UTC)
+
+    def recent(found: re.Match[str]) -> str:
+        try:
+            moment = datetime.datetime.fromisoformat(found.group(0).replace("Z", "+00:00"))
+        except ValueError:  # not a date-time after all
+            return found.group(0)
+        if moment.tzinfo is None:  # the server's or this machine's local time
+            moment = moment.astimezone(datetime.UTC)
+        return "<now>" if abs(moment - now) < datetime.timedelta(days=7) else found.group(0)
+
+    return _DATETIME.sub(recent, _ADDRESS.sub("0x?", text))
 
 
 def _masked_columns(conn: psycopg.Connection) -> set[tuple[str, str]]:

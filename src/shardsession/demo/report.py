@@ -185,6 +185,18 @@ def sections(report: dict[str, Any]) -> list[Section]:
             right={1, 2},
         )
     )
+    fleet = report["fleet"]
+    out.append(
+        Section(
+            "What a fleet needs",
+            ["step", "result", "ok"],
+            [[s["step"], s["result"], _yes(s["ok"])] for s in fleet["steps"]],
+            [
+                "demo_countries is a reference table; demo_tickets ids are ss.ShardedIdentity; "
+                f"the rebalance moved {fleet['rebalance']['rows_per_second']:,.0f} rows/s"
+            ],
+        )
+    )
     return out
 
 
@@ -216,7 +228,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     settled = len(rec["committed"]) + len(rec["rolled_back"])
     return [
         f"invariant held: {_yes(report['invariant']['held'])}; queries matched: "
-        f"{_yes(report['queries_matched'])} ({matched}/{len(queries)})",
+        f"{_yes(report['queries_matched'])} ({matched}/{len(queries)}); fleet steps: "
+        f"{_yes(report['fleet']['ok'])}",
         f"{_n(tr['committed'])} transfers committed, {tr['retried']} retried, "
         f"{tr['workers_killed']} worker(s) killed, {_n(report['two_phase_commits'])} two-phase "
         f"commits, {tr['crashed_in_commit']} crash(es) inside a commit, {settled} prepared "

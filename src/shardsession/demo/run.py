@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shardsession.demo.fleet import run_fleet
 from shardsession.demo.report import Reporter
 from shardsession.demo.workload import (
     Sizes,
@@ -33,7 +34,7 @@ __all__ = ["DEMO_SHARDS", "QUICK", "DemoOptions", "default_demo_path", "parse_ds
 #: How many shards the embedded demo cluster has.
 DEMO_SHARDS = 4
 #: The sizes of ``--quick`` (the tests use them).
-QUICK = Sizes(tenants=12, users=200, orders=1000, processes=2, seconds=3.0)
+QUICK = Sizes(tenants=12, users=200, orders=1000, processes=2, seconds=3.0, fleet_customers=300)
 
 
 def default_demo_path() -> Path:
@@ -122,6 +123,8 @@ def run_demo(options: DemoOptions, reporter: Reporter) -> dict[str, Any]:
         invariant = check_invariant(shards, data)
         shards.close()
         shards = None
+        fleet = run_fleet(dsns, customers=sizes.fleet_customers, seed=options.seed,
+                          step=reporter.step)  # fmt: skip
     finally:
         if shards is not None:
             shards.close()
@@ -134,7 +137,7 @@ def run_demo(options: DemoOptions, reporter: Reporter) -> dict[str, Any]:
     tr = transfers.as_dict()
     matched = all(q.matches for q in queries)
     out: dict[str, Any] = {
-        "ok": bool(invariant["held"] and matched),
+        "ok": bool(invariant["held"] and matched and fleet["ok"]),
         "invariant_held": invariant["held"],
         "queries_matched": matched,
         "cluster": info,
@@ -144,6 +147,7 @@ def run_demo(options: DemoOptions, reporter: Reporter) -> dict[str, Any]:
         "transfers": tr,
         "recovery": report.as_dict(),
         "invariant": invariant,
+        "fleet": fleet,
         "two_phase_commits": loaded["two_phase_commits"] + tr["two_phase_commits"],
         "elapsed_seconds": round(time.monotonic() - started, 2),
     }

@@ -91,6 +91,7 @@ class Sizes:
     orders: int = 10000
     processes: int = 3
     seconds: float = 8.0
+    fleet_customers: int = 2000  # the fleet section's customers (shardsession.demo.fleet)
 
 
 @dataclass
