@@ -44,7 +44,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from shardsession.coordinator import routing
+from shardsession.coordinator import reference, routing, selectparts
 from shardsession.coordinator.shards import ShardSet
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
@@ -119,6 +119,8 @@ class VerifyReport:
     :ivar unkeyed: table -> rows whose shard key is NULL (they have no shard).
     :ivar left_on_retiring: table -> rows of tables that are not moved (no
         ``__shard_key__`` and no parent that has one) still on a retiring shard.
+    :ivar reference_counts: reference table -> shard -> rows, for reference tables
+        whose copies do not all have the same number of rows.
     :ivar examples: a few of the rows found wrong, for the message.
     """
 
@@ -126,13 +128,15 @@ class VerifyReport:
     duplicated: dict[str, int] = field(default_factory=dict)
     unkeyed: dict[str, int] = field(default_factory=dict)
     left_on_retiring: dict[str, int] = field(default_factory=dict)
+    reference_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     examples: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        """True when every row is on its shard and no row is on two shards."""
+        """True when every row is on its shard, no row is on two shards, and every
+        reference table has the same rows on every shard."""
         counts = [*self.misplaced.values(), *self.duplicated.values(), *self.unkeyed.values()]
-        return not any(counts)
+        return not any(counts) and not self.reference_counts
 
     def as_dict(self) -> dict[str, Any]:
         """The report as plain data (for ``--json``)."""
@@ -142,6 +146,7 @@ class VerifyReport:
             "duplicated": self.duplicated,
             "unkeyed": self.unkeyed,
             "left_on_retiring": self.left_on_retiring,
+            "reference_counts": self.reference_counts,
             "examples": self.examples,
         }
 
@@ -152,6 +157,8 @@ class VerifyReport:
         parts = [f"{sum(c.values())} row(s) {what}" for what, c in (
             ("misplaced", self.misplaced), ("on two shards", self.duplicated),
             ("without a shard key value", self.unkeyed)) if sum(c.values())]  # fmt: skip
+        parts += [f"reference table {name} differs between shards ({counts})"
+                  for name, counts in self.reference_counts.items()]  # fmt: skip
         return ", ".join(parts) + (f" (e.g. {self.examples[0]})" if self.examples else "")
 
     def as_text(self) -> str:
@@ -1138,6 +1145,9 @@ def rebalance(
 def _run(mover: _Mover, conns: _Connections, *, dry_run: bool) -> VerifyReport | None:
     report, progress = mover.report, mover.progress
     mover.check_schema(conns)
+    copies = _copy_reference_tables(mover.plan, mover.names, conns, dry=dry_run)
+    for name, pairs in copies.items():
+        report.moved.setdefault(name, {}).update(pairs)
     if not dry_run:
         for shard in mover.all:
             conns[shard].execute(COMMIT_LOG_DDL)
@@ -1145,11 +1155,14 @@ def _run(mover: _Mover, conns: _Connections, *, dry_run: bool) -> VerifyReport |
     if dry_run or progress is not None:
         mover.seen = set()
         mover.one_pass(conns, dry=True, skip_locked=False)
+        if not dry_run:  # what was copied counts as planned too
+            for name, pairs in copies.items():
+                report.moved.setdefault(name, {}).update(pairs)
         report.planned, mover.seen = report.moved, None
         mover.total = report.rows
         if dry_run:
             return None
-        report.moved, report.batches = {}, 0
+        report.moved, report.batches = {n: dict(p) for n, p in copies.items()}, 0
     if progress is not None:
         progress(RebalanceProgress(0, mover.total, 0, "", "", "", 0))
     started = time.monotonic()
@@ -1168,6 +1181,61 @@ def _run(mover: _Mover, conns: _Connections, *, dry_run: bool) -> VerifyReport |
     mover.settle_in_doubt(conns)  # a batch whose source was lost after its decision
     report.verification = _verify(mover.plan, mover.names, mover.retiring, conns)
     return report.verification
+
+
+# -- reference tables -----------------------------------------------------------------------
+
+
+def _reference_tables(plan: _Plan) -> list[Table]:
+    return sorted((t for t in plan.models if reference.is_reference_table(t)),
+                  key=lambda t: t.fullname)  # fmt: skip
+
+
+def _reference_counts(table: Table, names: Sequence[str], conns: _Connections
+                      ) -> dict[str, int]:  # fmt: skip
+    query = sql.SQL("SELECT count(*) FROM {}").format(_ident(table))
+    return {shard: _one(conns[shard], query) for shard in names}
+
+
+def _copy_reference_tables(
+    plan: _Plan, names: Sequence[str], conns: _Connections, *, dry: bool
+) -> dict[str, dict[tuple[str, str], int]]:
+    """Fill the reference tables of shards that have none of their rows (a shard
+    just added) from a shard that has them: table -> (from, to) -> rows.
+
+    :raises RebalanceError: the copies on the other shards differ (which copy is
+        right cannot be told here).
+    """
+    copied: dict[str, dict[tuple[str, str], int]] = {}
+    for table in _reference_tables(plan):
+        counts = _reference_counts(table, names, conns)
+        full = {n for n in counts.values() if n}
+        if not full:
+            continue
+        if len(full) > 1:
+            raise RebalanceError(
+                f"reference table {table.fullname} has different rows on the shards "
+                f"({counts}); make the copies equal (write the rows through a Session) "
+                "and run rebalance again"
+            )
+        source = next(s for s in names if counts[s])
+        for shard in (s for s in names if not counts[s]):
+            copied.setdefault(table.fullname, {})[(source, shard)] = counts[source]
+            if dry:
+                continue
+            ident = _ident(table)
+            out, into = conns[source], conns[shard]
+            with into.transaction():
+                into.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(ident))
+                if _one(into, sql.SQL("SELECT count(*) FROM {}").format(ident)):
+                    continue  # written meanwhile: verification compares the copies
+                with (
+                    out.cursor().copy(sql.SQL("COPY {} TO STDOUT").format(ident)) as read,
+                    into.cursor().copy(sql.SQL("COPY {} FROM STDIN").format(ident)) as write,
+                ):
+                    for data in read:
+                        write.write(data)
+    return copied
 
 
 # -- verifying ---------------------------------------------------------------------------
@@ -1220,6 +1288,10 @@ def _verify(
                 misplaced += _one(conn, _stray_sql(plan.placing[table], sql.SQL("count(*)")))
         report.misplaced[name], report.unkeyed[name] = misplaced, unkeyed
         report.duplicated[name] = _duplicates(conns, shards, table, plan.pk[table], report)
+    for table in _reference_tables(plan):
+        counts = _reference_counts(table, names, conns)
+        if len(set(counts.values())) > 1:
+            report.reference_counts[table.fullname] = counts
     for table in sorted(plan.models - plan.moved, key=lambda t: t.fullname):
         for shard in sorted(retiring):
             conn = conns[shard]
@@ -1345,13 +1417,10 @@ def _hold_unmoved(session: Any, orm_context: Any, previous: tuple[str, ...]) -> 
     deadlock them): ``FOR KEY SHARE`` for reads and UPDATEs, the statement's own
     ``FOR ...`` for a locking SELECT, ``FOR UPDATE`` for a DELETE."""
     statement = orm_context.statement
-    # the one private attribute read here: SQLAlchemy has no public getter for it
-    arg = getattr(statement, "_for_update_arg", None)
-    if arg is not None:
-        mode = {"read": arg.read, "key_share": arg.key_share, "nowait": arg.nowait,
-                "skip_locked": arg.skip_locked}  # fmt: skip
-    else:
-        mode = {"read": not orm_context.is_delete, "key_share": not orm_context.is_delete}
+    mode = selectparts.for_update(statement) or {
+        "read": not orm_context.is_delete,
+        "key_share": not orm_context.is_delete,
+    }
     for key, values in routing.pinned_keys(statement, orm_context.parameters):
         wait: dict[str, list[Any]] = {}
         for value in values:

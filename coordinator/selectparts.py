@@ -23,6 +23,7 @@ from shardsession.exc import CrossShardError
 __all__ = [
     "distinct",
     "distinct_on",
+    "for_update",
     "frozen_rows",
     "group_by",
     "having",
@@ -31,6 +32,16 @@ __all__ = [
     "rebuilt_result",
     "without_having",
 ]
+
+
+def for_update(stmt: Any) -> dict[str, bool] | None:
+    """A locking SELECT's ``with_for_update()`` arguments (``read``, ``key_share``,
+    ``nowait``, ``skip_locked``); None for any other statement."""
+    arg = getattr(stmt, "_for_update_arg", None)
+    if arg is None:
+        return None
+    return {"read": arg.read, "key_share": arg.key_share, "nowait": arg.nowait,
+            "skip_locked": arg.skip_locked}  # fmt: skip
 
 
 def order_by(stmt: Select[Any]) -> tuple[ColumnElement[Any], ...]:

@@ -152,6 +152,9 @@ def load(
                 with conn.cursor().copy(f"COPY {table} FROM STDIN") as copy:
                     for row in tables[table]:
                         copy.write_row(row)
+    for shard in set(dsns) - set(per):  # the shard being added has the reference rows too
+        with psycopg.connect(dsns[shard], autocommit=True) as conn:
+            conn.execute("INSERT INTO rb_currency VALUES ('EUR'), ('USD')")
     return entries
 
 
@@ -577,3 +580,26 @@ def test_command_line_dry_run_verify_and_errors(rb: dict[str, str]) -> None:
     with pytest.raises(ConfigurationError, match="has no 'Nope'"):
         load_models("tests.coordinator.test_rebalance:Nope")
     assert load_models(MODELS) is Base
+
+
+def test_a_new_shard_gets_the_reference_tables(rb: dict[str, str]) -> None:
+    # Reference rows written while the fleet had three shards: the fourth has none.
+    new = {s: rb[s] for s in NEW}
+    for shard in OLD:
+        with psycopg.connect(rb[shard], autocommit=True) as conn:
+            conn.execute("INSERT INTO rb_currency VALUES ('EUR'), ('JPY'), ('USD')")
+    dry = rebalance(new, Base, dry_run=True)
+    assert dry.moved["rb_currency"] == {("s0", "s3"): 3}
+    done = rebalance(new, Base)
+    assert done.moved["rb_currency"] == {("s0", "s3"): 3}
+    with psycopg.connect(rb["s3"], autocommit=True) as conn:
+        codes = [r[0] for r in conn.execute("SELECT code FROM rb_currency ORDER BY code")]
+    assert codes == ["EUR", "JPY", "USD"]
+    assert verify(new, Base).ok
+    # copies that differ are not guessed between: verification and rebalance say so
+    with psycopg.connect(rb["s1"], autocommit=True) as conn:
+        conn.execute("INSERT INTO rb_currency VALUES ('GBP')")
+    checked = verify(new, Base)
+    assert not checked.ok and checked.reference_counts["rb_currency"]["s1"] == 4
+    with pytest.raises(RebalanceError, match="rb_currency has different rows"):
+        rebalance(new, Base)

@@ -26,6 +26,10 @@ def test_each_private_read_matches_the_statement() -> None:
     assert parts.limit_offset(select(Item)) == (None, None)
     assert "HAVING" not in str(parts.without_having(stmt))
     assert "HAVING" in str(stmt)
+    assert parts.for_update(select(Item).with_for_update(key_share=True, skip_locked=True)) == {
+        "read": False, "key_share": True, "nowait": False, "skip_locked": True
+    }  # fmt: skip
+    assert parts.for_update(stmt) is None
 
 
 def test_distinct_on_in_both_spellings() -> None:
