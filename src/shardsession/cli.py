@@ -93,14 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     down.add_argument("--remove", action="store_true", help="also delete the cluster folder")
 
     rec = sub.add_parser("recover", help="settle in-doubt two-phase commits")
-    rec.add_argument(
-        "--dsn",
-        action="append",
-        metavar="SHARD=DSN",
-        help="a shard's name and DSN, e.g. s0=postgresql://... (repeat for every shard; "
-        "the names must be the pool's shard names); default: the local cluster's shards",
-    )
-    rec.add_argument("--path", default=None, help="the local cluster folder (without --dsn)")
+    _shard_arguments(rec)
     rec.add_argument(
         "--older-than",
         type=float,
@@ -113,13 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     dead = sub.add_parser(
         "deadlocks", help="find lock cycles across shards and cancel their victims (one round)"
     )
-    dead.add_argument(
-        "--dsn",
-        action="append",
-        metavar="SHARD=DSN",
-        help="a shard's name and DSN (repeat for every shard); default: the local cluster's",
-    )
-    dead.add_argument("--path", default=None, help="the local cluster folder (without --dsn)")
+    _shard_arguments(dead)
     dead.add_argument("--dry-run", action="store_true", help="report only; cancel nothing")
     dead.add_argument("--json", action="store_true", help="print JSON for scripts")
     rec.add_argument("--json", action="store_true", help="print JSON for scripts")
@@ -180,14 +167,7 @@ def _add_migrate_parser(sub: Any) -> None:
 
     def alembic_options(p: argparse.ArgumentParser, shards: bool = True) -> None:
         if shards:
-            p.add_argument(
-                "--dsn",
-                action="append",
-                metavar="SHARD=DSN",
-                help="a shard's name and DSN (repeat for every shard); default: the local "
-                "cluster's shards",
-            )
-            p.add_argument("--path", default=None, help="the local cluster folder (without --dsn)")
+            _shard_arguments(p)
             p.add_argument(
                 "-x",
                 action="append",
@@ -248,6 +228,18 @@ def _add_migrate_parser(sub: Any) -> None:
         help="autogenerate even if the shards are at different revisions",
     )
     alembic_options(rev)
+
+
+def _shard_arguments(p: argparse.ArgumentParser) -> None:
+    """``--dsn SHARD=DSN`` (repeated) or ``--path`` (the local cluster): see :func:`_shard_dsns`."""
+    p.add_argument(
+        "--dsn",
+        action="append",
+        metavar="SHARD=DSN",
+        help="a shard's name and DSN, e.g. s0=postgresql://... (repeat for every shard; "
+        "the names must be the pool's shard names); default: the local cluster's shards",
+    )
+    p.add_argument("--path", default=None, help="the local cluster folder (without --dsn)")
 
 
 def _print(args: argparse.Namespace, data: Any, text: str) -> None:
@@ -320,20 +312,22 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_recover(args: argparse.Namespace) -> int:
+def _shard_dsns(args: argparse.Namespace, why: str) -> dict[str, str] | None:
+    """The shards of ``--dsn SHARD=DSN`` (names required: ``why`` says why), or else of
+    the running local cluster at ``--path``; None (said on stderr) when there is none."""
     if args.dsn:
-        dsns = named_dsns(
-            args.dsn,
-            names_required=True,
-            why="(recovery finds each transaction's commit point by shard name)",
-        )
-    else:
-        cluster = LocalCluster(shards=1, path=args.path)
-        info = cluster.status()
-        if not info["running"]:
-            print(f"error: no running cluster at {info['path']}; give --dsn", file=sys.stderr)
-            return 2
-        dsns = {s["shard"]: s["dsn"] for inst in info["instances"] for s in inst["shards"]}
+        return named_dsns(args.dsn, names_required=True, why=why)
+    info = LocalCluster(shards=1, path=args.path).status()
+    if not info["running"]:
+        print(f"error: no running cluster at {info['path']}; give --dsn", file=sys.stderr)
+        return None
+    return {s["shard"]: s["dsn"] for inst in info["instances"] for s in inst["shards"]}
+
+
+def _cmd_recover(args: argparse.Namespace) -> int:
+    dsns = _shard_dsns(args, "(recovery finds each transaction's commit point by shard name)")
+    if dsns is None:
+        return 2
     report = recover(dsns, older_than=args.older_than, dry_run=args.dry_run)
     verb = "would be" if args.dry_run else "were"
     lines = [
@@ -352,14 +346,9 @@ def _cmd_recover(args: argparse.Namespace) -> int:
 def _cmd_deadlocks(args: argparse.Namespace) -> int:
     from shardsession.coordinator.detector import detect_deadlocks
 
-    if args.dsn:
-        dsns = named_dsns(args.dsn, names_required=True, why="(waits are joined across shards)")
-    else:
-        info = LocalCluster(shards=1, path=args.path).status()
-        if not info["running"]:
-            print(f"error: no running cluster at {info['path']}; give --dsn", file=sys.stderr)
-            return 2
-        dsns = {s["shard"]: s["dsn"] for inst in info["instances"] for s in inst["shards"]}
+    dsns = _shard_dsns(args, "(waits are joined across shards)")
+    if dsns is None:
+        return 2
     report = detect_deadlocks(dsns, cancel=not args.dry_run)
     _print(args, report.as_dict(), report.as_text())
     return 1 if report.unreachable else 0
@@ -384,14 +373,9 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
             f"wrote {script.path} (revision {script.revision})",
         )
         return 0
-    if args.dsn:
-        dsns = named_dsns(args.dsn, names_required=True, why="(each shard is reported by name)")
-    else:
-        info = LocalCluster(shards=1, path=args.path).status()
-        if not info["running"]:
-            print(f"error: no running cluster at {info['path']}; give --dsn", file=sys.stderr)
-            return 2
-        dsns = {s["shard"]: s["dsn"] for inst in info["instances"] for s in inst["shards"]}
+    dsns = _shard_dsns(args, "(each shard is reported by name)")
+    if dsns is None:
+        return 2
     if args.action == "current":
         revisions = migrate.current(dsns, x=args.x, **where)
         heads = tuple(sorted(r.revision for r in migrate.history(**where) if r.head))

@@ -167,6 +167,23 @@ def project(tmp_path: Path, shards: dict[str, str], monkeypatch: pytest.MonkeyPa
     (tmp_path / "migrations" / "versions").mkdir(parents=True)
     for name in ("env.py", "script.py.mako"):
         (tmp_path / "migrations" / name).write_text((EXAMPLE / "migrations" / name).read_text())
+    # The test shards also hold other test modules' tables: autogenerate must not see
+    # them (it would write migrations dropping them), so this project looks at its own.
+    env = tmp_path / "migrations" / "env.py"
+    recipe = env.read_text()
+    assert recipe.count("include_name=include_name,") == 2
+    anchor = "from shardsession.migrate import include_name\n"
+    assert recipe.count(anchor) == 1
+    only_mine = (
+        "\n\ndef only_mine(name, type_, parents):\n"
+        "    return include_name(name, type_, parents) and (\n"
+        "        type_ != 'table' or name.startswith('mig_'))\n"
+    )
+    env.write_text(
+        recipe.replace("include_name=include_name,", "include_name=only_mine,").replace(
+            anchor, anchor + only_mine
+        )
+    )
     (tmp_path / "myapp").mkdir()
     (tmp_path / "myapp" / "__init__.py").write_text("")
     (tmp_path / "myapp" / "models.py").write_text(MODELS)

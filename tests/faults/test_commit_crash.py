@@ -147,13 +147,15 @@ def test_application_killed_during_commit(
 
     report = ss.recover(dsns, older_than=0)
     assert not report.errors and not report.waiting and not report.skipped_shards, report
-    if committed is None:  # the decision was in flight: it either committed or lost
-        committed = bool(report.committed)
-    settled = report.committed if committed else report.rolled_back
-    assert sorted(settled) == sorted(gids), report
-    assert not (report.rolled_back if committed else report.committed), report
-
     count = support.total(dsns, f"SELECT count(*) FROM fault_account WHERE {ids}")
+    if committed is None:  # the decision was in flight: it either committed or lost
+        committed = count == N_ROWS
+    settled = report.committed if committed else report.rolled_back
+    # The test shards are shared with the test process's other shard sets, whose
+    # background recovery may settle some of them first (rightly): this run settles
+    # the rest, and nothing in the other direction.
+    assert set(settled) <= set(gids), report
+    assert not (report.rolled_back if committed else report.committed), report
     assert count == (N_ROWS if committed else 0), f"{count} of {N_ROWS} rows committed"
     assert support.prepared(dsns) == {}
     support.assert_unlocked(dsns, "fault_account", ids)
