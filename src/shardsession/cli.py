@@ -54,12 +54,27 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
 
+def _version() -> str:
+    import platform
+
+    import psycopg
+    import sqlalchemy
+
+    from shardsession import __version__
+
+    return (
+        f"shardsession {__version__} (SQLAlchemy {sqlalchemy.__version__}, psycopg "
+        f"{psycopg.__version__}, Python {platform.python_version()})"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``shardsession`` command."""
     parser = _Parser(
         prog="shardsession",
         description="Local PostgreSQL shards for shardsession, and tools to operate them.",
     )
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -263,9 +278,17 @@ def _cmd_up(args: argparse.Namespace) -> int:
     dsns = cluster.start()
     if args.tcp:
         dsns = cluster.tcp_dsns
+    has = [s["shard"] for inst in cluster.status()["instances"] for s in inst["shards"]]
     lines = [f"cluster at {cluster.path} is up ({args.shards} shards)"]
+    if len(has) > len(dsns):
+        # an existing cluster with more shards than asked for: say so, never hide them
+        lines[0] = (
+            f"cluster at {cluster.path} is up; it has {len(has)} shards ({', '.join(has)}), "
+            f"these are the {len(dsns)} asked for (--shards {len(has)} for all of them)"
+        )
     lines += [f"  {shard}: {dsn}" for shard, dsn in dsns.items()]
-    _print(args, {"path": str(cluster.path), "shards": dsns}, "\n".join(lines))
+    data = {"path": str(cluster.path), "shards": dsns, "cluster_shards": has}
+    _print(args, data, "\n".join(lines))
     return 0
 
 

@@ -38,9 +38,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from shardsession.embedded import LocalCluster
+from shardsession.exc import ShardSessionError
 from shardsession.testing import TestDatabases
 
 _RUN_PATH = "shardsession_run_path"
@@ -153,8 +155,18 @@ def _shardsession_databases(request: pytest.FixtureRequest) -> Iterator[TestData
         cluster_path=None if template else state.run_path(),
         dsn_template=template,
     )
+    problem = None
     try:
         databases.create()
+    except (ShardSessionError, psycopg.Error, OSError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        problem = f"shardsession: the test shards cannot be set up: {first}"
+    if problem is not None:
+        # One clear line and the end of the run, not the same traceback once per test.
+        databases.drop()
+        request.session.shouldstop = problem
+        pytest.fail(problem, pytrace=False)
+    try:
         yield databases
     finally:
         databases.drop()

@@ -229,3 +229,29 @@ def test_deadlocks_reports_a_cycle_across_shards_and_cancels_its_youngest(
         assert isinstance(outcome[younger], psycopg.errors.QueryCanceled)
         for conn in conns.values():
             conn.close()
+
+
+def test_version_names_the_library_and_what_it_runs_on() -> None:
+    import sqlalchemy
+
+    import shardsession
+
+    done = run_cli("--version")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"shardsession {shardsession.__version__} (")
+    assert f"SQLAlchemy {sqlalchemy.__version__}" in done.stdout
+
+
+def test_up_with_fewer_shards_than_the_cluster_has_says_what_it_has(tmp_path: Path) -> None:
+    path = str(tmp_path / "c")
+    try:
+        assert run_cli("up", "--path", path, "--shards", "4").returncode == 0
+        fewer = run_cli("up", "--path", path, "--shards", "2")
+        assert fewer.returncode == 0, fewer.stderr
+        first = fewer.stdout.splitlines()[0]
+        assert "it has 4 shards (s0, s1, s2, s3)" in first and "--shards 4" in first
+        data = json.loads(run_cli("up", "--path", path, "--shards", "2", "--json").stdout)
+        assert sorted(data["shards"]) == ["s0", "s1"]
+        assert data["cluster_shards"] == ["s0", "s1", "s2", "s3"]
+    finally:
+        run_cli("down", "--path", path, "--remove")

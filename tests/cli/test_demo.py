@@ -191,3 +191,20 @@ def test_rich_only_on_a_terminal_that_wants_colour(
         monkeypatch.setenv(key, value)
     stream = _Terminal() if terminal else io.StringIO()
     assert use_rich(stream) is expected
+
+
+def test_a_second_demo_on_the_same_folder_is_refused(tmp_path: Path) -> None:
+    import fcntl
+    import os
+
+    path = tmp_path / "demo"
+    lock = tmp_path / ".demo.demo.lock"
+    with open(lock, "a+") as held:  # a demo running on that folder holds this lock
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write(str(os.getpid()))
+        held.flush()
+        second = run_cli("demo", "--quick", "--path", str(path))
+    assert second.returncode == 2, second.stdout[-2000:]
+    assert f"another `shardsession demo` (pid {os.getpid()}) is running on {path}" in second.stderr
+    assert "--path" in second.stderr and "Traceback" not in second.stderr
+    assert not path.exists()  # it touched nothing

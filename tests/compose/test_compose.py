@@ -175,3 +175,20 @@ def test_the_example_ports_are_the_documented_defaults() -> None:
         match = re.search(r"\$\{" + variable + r":-(\d+)\}", text)
         assert match, f"{variable} has no default in docker-compose.yml"
         assert env[variable] == match.group(1)
+
+
+def test_the_real_env_file_is_never_committed(tmp_path: Path) -> None:
+    # compose/.env holds the password: git must ignore it (the example is tracked)
+    import subprocess
+
+    root = COMPOSE.parent
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    ignored = subprocess.run(
+        ["git", "-C", str(root), "check-ignore", "-q", "compose/.env"], check=False
+    )
+    assert ignored.returncode == 0, "compose/.env is not in .gitignore"
+    example = subprocess.run(
+        ["git", "-C", str(root), "check-ignore", "-q", "compose/.env.example"], check=False
+    )
+    assert example.returncode == 1, "compose/.env.example must stay tracked"

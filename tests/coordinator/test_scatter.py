@@ -267,3 +267,37 @@ def test_order_by_a_label_name(loaded: Any, shards: ss.ShardSet) -> None:
         expected = ref_session.execute(query(ItemRef)).all()
     with ss.Session(shards) as s:
         assert s.execute(query(Item)).all() == expected
+
+
+def test_a_statement_for_one_shard_is_sent_as_written(
+    session: ss.Session, shards: ss.ShardSet
+) -> None:
+    # Nothing to merge: no hidden columns, no LIMIT widened by OFFSET, no ORDER BY or
+    # LIMIT dropped from a grouped query.
+    from sqlalchemy import event, func
+
+    names = list(shards)
+    home = shard_for_key(names, 3)
+    session.add_all([Item(id=i, x=i % 5, name=f"n{i}") for i in range(1, 60)])
+    session.commit()
+    sent: list[tuple[str, Any]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, params: Any, *rest: Any) -> None:
+        sent.append((statement, params))
+
+    event.listen(shards[home], "before_cursor_execute", record)
+    try:
+        paged = select(Item.id).where(Item.id == 3).order_by(Item.id).limit(10).offset(10000)
+        assert session.execute(paged).all() == []
+        grouped = (select(Item.x, func.count()).group_by(Item.x)
+                   .order_by(func.count().desc(), Item.x).limit(2))  # fmt: skip
+        rows = session.execute(grouped, bind_arguments={"shard_id": home}).all()
+    finally:
+        event.remove(shards[home], "before_cursor_execute", record)
+    assert len(rows) <= 2
+    (first, first_params), (second, second_params) = sent[-2:]
+    assert "LIMIT" in first and "OFFSET" in first
+    assert sorted(v for v in first_params.values() if isinstance(v, int)) == [3, 10, 10000]
+    assert "_ss_" not in first and "_ss_" not in second  # no hidden merge columns
+    assert "GROUP BY" in second and "ORDER BY count(*) DESC" in second and "LIMIT" in second
+    assert 2 in second_params.values()

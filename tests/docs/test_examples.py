@@ -136,3 +136,27 @@ def test_pytest_example_passes_through_the_plugin(shard_dsns: dict[str, str]) ->
         args += ["--shardsession-dsn", template]
     out = _run([*args, str(EXAMPLES / "test_with_plugin.py")], _clean_env()).stdout
     assert "4 passed" in out, out
+
+
+def test_readme_first_program_runs_twice_and_says_what_it_leaves(tmp_path: Path) -> None:
+    text = (ROOT / "README.md").read_text()
+    start = text.index("## A first program")
+    code = text[text.index("```python", start) + len("```python") : text.index("```\n", start + 20)]
+    cluster = tmp_path / "cluster"
+    assert code.count("LocalCluster(shards=4)") == 1
+    program = tmp_path / "first.py"
+    program.write_text(code.replace("LocalCluster(shards=4)",
+                                    f"LocalCluster(shards=4, path={str(cluster)!r})"))  # fmt: skip
+    try:
+        for _ in range(2):  # the second run finds the first one's data and server
+            done = subprocess.run([sys.executable, str(program)], capture_output=True,
+                                  text=True, env=_clean_env(), timeout=TIMEOUT)  # fmt: skip
+            assert done.returncode == 0, done.stderr[-2000:]
+            assert done.stdout.splitlines() == [
+                "[40, 39, 38] 8200",
+                "the local cluster keeps running with its data; `shardsession down` stops it",
+            ]
+    finally:
+        from shardsession.embedded import LocalCluster
+
+        LocalCluster(shards=4, path=cluster).stop(remove=True)

@@ -87,3 +87,31 @@ def test_clusters_of_killed_runs_are_reaped(tmp_path) -> None:
     assert not Path(folder).exists()
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(dsn, connect_timeout=3)
+
+
+UNREACHABLE_SUITE = """
+import pytest
+
+@pytest.mark.parametrize("n", range(6))
+def test_needs_shards(shard_dsns, n):
+    assert shard_dsns
+"""
+
+
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one-process", "xdist"])
+def test_shards_that_cannot_be_set_up_fail_once_and_stop_the_run(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, workers: list[str]
+) -> None:
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    pytester.makepyfile(test_unreachable=UNREACHABLE_SUITE)
+    result = pytester.runpytest_subprocess(
+        *workers, "--shardsession-dsn", "postgresql://nobody@127.0.0.1:1/app_{shard}",
+        timeout=120,
+    )  # fmt: skip
+    out = result.stdout.str()
+    assert result.ret != 0
+    said = out.count("shardsession: the test shards cannot be set up: ")
+    errors = out.count("ERROR at setup")
+    # once per test process, then the run stops (not once per test)
+    assert 1 <= errors <= max(1, len(workers) and 2) and said >= errors, out
+    assert "Interrupted" in out and "Traceback" not in out and "psycopg/connection.py" not in out

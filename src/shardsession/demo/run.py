@@ -7,7 +7,10 @@ JSON-ready dict) after handing it to a :class:`~shardsession.demo.report.Reporte
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,8 +68,42 @@ class DemoOptions:
     seed: int = 2024
 
 
+@contextlib.contextmanager
+def demo_lock(path: Path) -> Iterator[None]:
+    """Hold the demo folder ``path`` for one demo at a time.
+
+    Two demos on one folder would drop each other's tables and stop each other's
+    cluster; the second one is refused at once, naming the first one's pid.
+
+    :raises ConfigurationError: another demo holds the folder.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.demo.lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            raise ConfigurationError(
+                f"another `shardsession demo` (pid {holder}) is running on {path}; wait for "
+                "it to finish, or give this one a folder of its own with --path"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+
+
 def run_demo(options: DemoOptions, reporter: Reporter) -> dict[str, Any]:
     """Run the demo; return the report (``report["ok"]``: invariant held, queries matched)."""
+    if options.dsns is not None:
+        return _run_demo(options, reporter)
+    with demo_lock(Path(options.path) if options.path else default_demo_path()):
+        return _run_demo(options, reporter)
+
+
+def _run_demo(options: DemoOptions, reporter: Reporter) -> dict[str, Any]:
     import shardsession as ss
 
     started = time.monotonic()
