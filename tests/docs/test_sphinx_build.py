@@ -208,3 +208,10 @@ def test_the_list_matches_the_seed_page() -> None:
         r"^\.\. (?:autoclass|autofunction|function)::\s+(\S+)", SEED_PAGE.read_text(), re.M
     )
     assert [n.rsplit(".", 1)[-1] for n in names] == [n for n, _ in SESSION_API_NAMES]
+
+
+def test_code_blocks_scroll_instead_of_being_cut_off(html: Path) -> None:
+    css = (html / "_static" / "custom.css").read_text()
+    assert "overflow-x: auto" in css
+    page = (html / "deploying.html").read_text()
+    assert "_static/custom.css" in page  # the rendered pages load it
