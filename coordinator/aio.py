@@ -236,10 +236,4 @@ class AsyncConnection(dbapi.Connection):
 def connect(*args: Any, **kwargs: Any) -> AsyncConnection:
     """Start a worker as :func:`shardsession.coordinator.dbapi.connect` does; the
     wait for it to connect is awaited on the loop when run from asyncio code."""
-    kwargs.pop("context", None)
-    shard = kwargs.pop("shardsession_shard", None) or kwargs.get("dbname") or "?"
-    start_method = kwargs.pop("shardsession_start_method", None)
-    conninfo = kwargs.pop("conninfo", "") or (args[0] if args else "")
-    if conninfo:
-        kwargs["conninfo"] = conninfo
-    return AsyncConnection(str(shard), kwargs, start_method)
+    return AsyncConnection(*dbapi.connect_arguments(args, kwargs))

@@ -68,6 +68,7 @@ __all__ = [
     "apilevel",
     "broadcast",
     "connect",
+    "connect_arguments",
     "exchange",
     "paramstyle",
     "threadsafety",
@@ -96,13 +97,19 @@ def connect(*args: Any, **kwargs: Any) -> Connection:
     ``shardsession_start_method`` are taken out of ``kwargs``; psycopg's
     ``context`` (an adapters map) stays in this process.
     """
+    return Connection(*connect_arguments(args, kwargs))
+
+
+def connect_arguments(args: Sequence[Any], kwargs: dict[str, Any]
+                      ) -> tuple[str, dict[str, Any], str | None]:  # fmt: skip
+    """``connect()``'s arguments as ``(shard, psycopg kwargs, start method)``."""
     kwargs.pop("context", None)
     shard = kwargs.pop("shardsession_shard", None) or kwargs.get("dbname") or "?"
     start_method = kwargs.pop("shardsession_start_method", None)
     conninfo = kwargs.pop("conninfo", "") or (args[0] if args else "")
     if conninfo:
         kwargs["conninfo"] = conninfo
-    return Connection(str(shard), kwargs, start_method)
+    return str(shard), kwargs, start_method
 
 
 #: seconds a new worker may take beyond psycopg's connect timeout: its process start,

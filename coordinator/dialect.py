@@ -62,37 +62,19 @@ class PGDialect_shardsession(PGDialect_psycopg):
     def do_execute(self, cursor: Any, statement: str, parameters: Any, context: Any = None
                    ) -> None:  # fmt: skip
         """``cursor.execute``; a write to a reference table runs on every shard."""
-        if (
-            context is not None
-            and context.is_crud
-            and cursor.connection.owner is not None
-            and reference.replicate(cursor, statement, parameters, context, many=False)
-        ):
-            return
-        cursor.execute(statement, parameters)
+        if not _replicated(cursor, statement, parameters, context, many=False):
+            cursor.execute(statement, parameters)
 
     def do_executemany(self, cursor: Any, statement: str, parameters: Any, context: Any = None
                        ) -> None:  # fmt: skip
         """``cursor.executemany``; a write to a reference table runs on every shard."""
-        if (
-            context is not None
-            and context.is_crud
-            and cursor.connection.owner is not None
-            and reference.replicate(cursor, statement, parameters, context, many=True)
-        ):
-            return
-        cursor.executemany(statement, parameters)
+        if not _replicated(cursor, statement, parameters, context, many=True):
+            cursor.executemany(statement, parameters)
 
     def do_execute_no_params(self, cursor: Any, statement: str, context: Any = None) -> None:
         """``cursor.execute``; a write to a reference table runs on every shard."""
-        if (
-            context is not None
-            and context.is_crud
-            and cursor.connection.owner is not None
-            and reference.replicate(cursor, statement, None, context, many=False)
-        ):
-            return
-        cursor.execute(statement)
+        if not _replicated(cursor, statement, None, context, many=False):
+            cursor.execute(statement)
 
     @classmethod
     def engine_created(cls, engine: Any) -> None:
@@ -131,6 +113,17 @@ class PGDialect_shardsession(PGDialect_psycopg):
         """``tpc_commit`` on the worker connection."""
         dbapi_connection = connection.connection.dbapi_connection
         dbapi_connection.tpc_commit(xid if recover else None)
+
+
+def _replicated(cursor: Any, statement: str, parameters: Any, context: Any, *, many: bool
+                ) -> bool:  # fmt: skip
+    """Whether the statement was a reference-table write, run on every shard already."""
+    return (
+        context is not None
+        and context.is_crud
+        and cursor.connection.owner is not None
+        and reference.replicate(cursor, statement, parameters, context, many=many)
+    )
 
 
 def _refuse_dead_worker(dbapi_connection: Any, record: Any, proxy: Any) -> None:

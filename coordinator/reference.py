@@ -334,6 +334,18 @@ def _from_anchored(frm: Any) -> bool:
 _loaded: weakref.WeakKeyDictionary[Any, list[str]] = weakref.WeakKeyDictionary()
 
 
+def _compiled(result: Any) -> Any:
+    """The compiled statement behind an (ORM) result, or None."""
+    cursor_result = getattr(result, "raw", None) or result
+    return getattr(getattr(cursor_result, "context", None), "compiled", None)
+
+
+def _statement_run(compiled: Any) -> Any:
+    """What SQLAlchemy really ran: the ORM's statement with its eager joins."""
+    ran = getattr(getattr(compiled, "compile_state", None), "statement", None)
+    return compiled.statement if ran is None else ran
+
+
 def check_loaded(result: Any) -> None:
     """Refuse the result of a SELECT routed to one shard as reading reference tables
     only, when what SQLAlchemy ran also read sharded tables (an ORM option such as
@@ -341,17 +353,12 @@ def check_loaded(result: Any) -> None:
 
     :raises CrossShardError: naming the sharded tables and the fix.
     """
-    cursor_result = getattr(result, "raw", None) or result
-    compiled = getattr(getattr(cursor_result, "context", None), "compiled", None)
+    compiled = _compiled(result)
     if compiled is None:
         return
     sharded = _loaded.get(compiled)
     if sharded is None:
-        state = getattr(compiled, "compile_state", None)
-        ran = getattr(state, "statement", None)
-        if ran is None:
-            ran = compiled.statement
-        tables = _tables_of(ran)
+        tables = _tables_of(_statement_run(compiled))
         sharded = _loaded[compiled] = sorted({t.name for t in tables
                                               if not is_reference_table(t)})  # fmt: skip
     if sharded:
@@ -378,16 +385,12 @@ def check_scattered(result: Any) -> None:
 
     :raises CrossShardError: naming the tables and the fix.
     """
-    cursor_result = getattr(result, "raw", None) or result
-    compiled = getattr(getattr(cursor_result, "context", None), "compiled", None)
+    compiled = _compiled(result)
     if compiled is None:
         return
     found = _fanouts.get(compiled)
     if found is None:
-        state = getattr(compiled, "compile_state", None)
-        ran = getattr(state, "statement", None)
-        if ran is None:
-            ran = compiled.statement
+        ran = _statement_run(compiled)
         found = []
         if isinstance(ran, Select):
             for frm in ran.get_final_froms():
