@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.pq import TransactionStatus
+from psycopg.pq import ExecStatus, TransactionStatus
 
 from shardsession import protocol as p
 from shardsession.deadlock import VICTIM_NOTE_SQL
@@ -33,6 +33,11 @@ _READ_TAGS = frozenset(
      "RELEASE", "ROLLBACK", "BEGIN", "EXPLAIN", "LISTEN", "UNLISTEN", "DISCARD"}
 )  # fmt: skip
 _IDLE = TransactionStatus.IDLE
+# libpq result statuses of a statement that returns rows (a description, maybe no columns)
+_ROW_STATUSES = frozenset(
+    getattr(ExecStatus, name) for name in ("TUPLES_OK", "SINGLE_TUPLE", "TUPLES_CHUNK")
+    if hasattr(ExecStatus, name)  # TUPLES_CHUNK: psycopg >= 3.2
+)  # fmt: skip
 #: executemany of a plain INSERT with at least this many rows runs as COPY
 COPY_MIN_ROWS = 200
 # INSERT INTO t (a, b) VALUES (%(a)s::INTEGER, %(b)s) as SQLAlchemy renders it
@@ -91,6 +96,7 @@ class WorkerConnection:
         self.tag: str | None = None  # the tag of the transaction begun last
         self.copies = 0  # executemany requests run as COPY
         self._cursors: dict[str, psycopg.ServerCursor[Any]] = {}
+        self._cursor = self.conn.cursor()
         # Merging text in the coordinator is exact only under the C collation.
         check_client = _CHECK_CLIENT_SQL if self.conn.info.server_version >= 140000 else ""
         row = self.conn.execute(
@@ -111,6 +117,7 @@ class WorkerConnection:
             p.Decide: self._decide,
             p.FinishPrepared: self._finish_prepared,
             p.Ping: self._ping,
+            p.Tag: self._tag,
         }
 
     # -- dispatch --------------------------------------------------------------
@@ -223,24 +230,32 @@ class WorkerConnection:
             if tag not in _READ_TAGS:
                 self.wrote = True
 
-    @staticmethod
-    def _describe(cur: Any) -> tuple[tuple[Any, ...], ...] | None:
-        desc = cur.description
-        if desc is None:
+    def _describe(self, cur: Any) -> tuple[tuple[Any, ...], ...] | None:
+        """The DBAPI description of ``cur``'s result, read from libpq's result directly
+        (what psycopg's ``cursor.description`` says, without building its objects)."""
+        res = cur.pgresult
+        if res is None:
             return None
-        return tuple((c.name, c.type_code, None, None, None, None, None) for c in desc)
+        count = res.nfields
+        if not count and res.status not in _ROW_STATUSES:
+            return None
+        encoding = self.conn.info.encoding  # the client's, which SET can change
+        return tuple(
+            (
+                name.decode(encoding) if (name := res.fname(i)) else f"column_{i + 1}",
+                res.ftype(i), None, None, None, None, None,
+            )
+            for i in range(count)
+        )  # fmt: skip
 
     def _execute(self, req: p.Execute) -> p.Result:
         if req.cursor is not None:
             return self._open_cursor(req)
-        cur = self.conn.cursor()
-        try:
-            self._run(cur, req)
-            description = self._describe(cur)
-            rows = cur.fetchall() if description is not None else []
-            return p.Result(description, rows, cur.rowcount)
-        finally:
-            cur.close()
+        cur = self._cursor  # one client-side cursor, reused: cheaper than one per request
+        self._run(cur, req)
+        description = self._describe(cur)
+        rows = cur.fetchall() if description is not None else []
+        return p.Result(description, rows, cur.rowcount)
 
     def _open_cursor(self, req: p.Execute) -> p.Result:
         if self.conn.info.transaction_status == _IDLE:
@@ -364,6 +379,11 @@ class WorkerConnection:
         except psycopg.errors.UndefinedObject:
             return False
         return True
+
+    def _tag(self, req: p.Tag) -> None:
+        if self.conn.info.transaction_status == TransactionStatus.INTRANS:
+            self.conn.execute(_TAG_SQL, (req.tag,))
+            self.tag = req.tag
 
     def _ping(self, req: p.Ping) -> dict[str, Any]:
         if req.check_connection:

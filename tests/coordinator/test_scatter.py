@@ -301,3 +301,37 @@ def test_a_statement_for_one_shard_is_sent_as_written(
     assert "_ss_" not in first and "_ss_" not in second  # no hidden merge columns
     assert "GROUP BY" in second and "ORDER BY count(*) DESC" in second and "LIMIT" in second
     assert 2 in second_params.values()
+
+
+def test_a_statement_is_compiled_once_not_once_per_execution(
+    loaded: Any, shards: ss.ShardSet
+) -> None:
+    # SQLAlchemy's compiled cache must serve a repeated statement, single-shard or
+    # scattered: the merge plan's statement keeps one cache key from run to run.
+    from unittest import mock
+
+    from sqlalchemy.sql import compiler
+
+    compiles = 0
+    original = compiler.SQLCompiler.__init__
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> None:
+        nonlocal compiles
+        compiles += 1
+        original(self, *args, **kwargs)
+
+    statements: list[Callable[[], Any]] = [
+        lambda: select(Item).order_by(Item.x.desc(), Item.id).limit(7).offset(2),
+        lambda: select(Item.x, func.count()).group_by(Item.x).order_by(Item.x),
+        lambda: select(Item).where(Item.id == 3),
+    ]
+    with mock.patch.object(compiler.SQLCompiler, "__init__", counting):
+        for make in statements:
+            for _ in range(3):  # SQLAlchemy's ORM may compile a new statement twice
+                with ss.Session(shards) as s:
+                    s.execute(make()).all()
+            compiles = 0
+            for _ in range(5):
+                with ss.Session(shards) as s:
+                    s.execute(make()).all()
+            assert compiles == 0, f"{make()}: compiled {compiles} times in 5 runs"

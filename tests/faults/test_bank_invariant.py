@@ -353,7 +353,9 @@ def test_transfers_keep_the_money_under_chaos(
             }
         )
     )
-    assert counts["committed"] > 0 and workers_killed > 0 and apps_killed > 0
+    # transfers committed (acknowledged by any application: the ones that finished may
+    # be replacements started late, with little time left on a loaded machine)
+    assert ok and workers_killed > 0 and apps_killed > 0
     assert support.total(dsns, "SELECT count(*) FROM fault_account") == N_ACCOUNTS
     balance = support.total(dsns, "SELECT coalesce(sum(balance), 0) FROM fault_account")
     assert balance == N_ACCOUNTS * START_BALANCE
