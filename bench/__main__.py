@@ -1,7 +1,7 @@
 """Run the benchmarks: shardsession against SQLAlchemy's ShardedSession and raw psycopg.
 
 ``python -m bench [WORKLOAD ...] [--dsn TEMPLATE] [--rows N] [--repeat N] [--ops N]
-[--memory-rows N] [--json] [--docs DIR]`` (also ``shardsession bench ...``);
+[--memory-rows N] [--threads N] [--json] [--docs DIR]`` (also ``shardsession bench ...``);
 ``python -m bench --from-json FILE [--docs DIR]`` reports a saved ``--json`` run again.
 
 Every figure is measured in this run, each side on the same PostgreSQL and the same
@@ -19,7 +19,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import common, insert, load, memory, point, query, report, roundtrip, scatter, transfer
+from . import (
+    common,
+    concurrency,
+    insert,
+    load,
+    memory,
+    point,
+    query,
+    report,
+    roundtrip,
+    scatter,
+    transfer,
+)
 from .common import Params, WorkloadResult, WrongResult, result_from_json
 from .context import Context
 
@@ -30,6 +42,7 @@ WORKLOADS: dict[str, Callable[[Context], WorkloadResult]] = {
     "aggregate": query.run_aggregate,
     "transfer": transfer.run,
     "point": point.run,
+    "concurrency": concurrency.run,
     "scatter": scatter.run,
     "roundtrip": roundtrip.run,
     "memory": memory.run,
@@ -41,6 +54,7 @@ TITLES = {
     "aggregate": query.AGGREGATE_TITLE,
     "transfer": transfer.TITLE,
     "point": point.TITLE,
+    "concurrency": concurrency.TITLE,
     "scatter": scatter.TITLE,
     "roundtrip": roundtrip.TITLE,
     "memory": memory.TITLE,
@@ -95,11 +109,17 @@ def main(argv: list[str] | None = None) -> int:
         "--n",
         type=int,
         default=defaults.ops,
-        help="operations per repetition: transactions (point; half for transfer), "
+        help="operations per repetition: transactions (point and concurrency; half for transfer), "
         "queries (a tenth for top100/aggregate, a hundredth for scatter)",
     )
     parser.add_argument(
         "--memory-rows", type=int, default=defaults.memory_rows, help="rows the memory test streams"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=defaults.threads,
+        help="application threads of the concurrency workload",
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument(
@@ -119,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown workload(s) {unknown}; choose from {', '.join(WORKLOADS)}")
     if args.dsn and "{shard}" not in args.dsn:
         parser.error("--dsn needs a {shard} placeholder, e.g. 'host=db dbname=app_{shard}'")
-    for name in ("rows", "repeat", "ops", "memory_rows"):
+    for name in ("rows", "repeat", "ops", "memory_rows", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     try:
@@ -132,7 +152,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     names = [w for w in WORKLOADS if w in args.workloads] if args.workloads else list(WORKLOADS)
-    params = Params(args.rows, args.repeat, args.ops, args.memory_rows)
+    params = Params(
+        rows=args.rows,
+        repeat=args.repeat,
+        ops=args.ops,
+        memory_rows=args.memory_rows,
+        threads=args.threads,
+    )
     with common.shards(args.dsn) as dsns:
         env = common.environment(dsns["s0"], embedded=not args.dsn)
         with Context(dsns, params) as ctx:

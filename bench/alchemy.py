@@ -29,15 +29,20 @@ from .model import TABLE, Layout
 __all__ = ["engines", "plain_session_factory", "sharded_session_factory"]
 
 
-def engines(layout: Layout) -> dict[str, Engine]:
-    """One engine per shard, each connecting with the very DSN the other sides use."""
+def engines(layout: Layout, *, pool_size: int = 2, max_overflow: int = 10) -> dict[str, Engine]:
+    """One engine per shard, each connecting with the very DSN the other sides use.
+
+    :param pool_size: connections each engine's pool keeps.
+    :param max_overflow: extra connections each may open when all are in use.
+    """
     out: dict[str, Engine] = {}
     for shard in layout.shard_ids:
         dsn = layout.dsns[shard]
         out[shard] = create_engine(
             "postgresql+psycopg://",
             creator=lambda dsn=dsn: psycopg.connect(dsn),
-            pool_size=2,
+            pool_size=pool_size,
+            max_overflow=max_overflow,
         )
     return out
 

@@ -37,6 +37,7 @@ SIDE_LABELS = {
     "shardsession": "shardsession",
     "sqlalchemy": "SQLAlchemy ShardedSession",
     "sqlalchemy-plain": "SQLAlchemy Session (one shard's database)",
+    "sqlalchemy-engines": "SQLAlchemy Session (an engine per shard)",
     "psycopg": "psycopg (no ORM)",
 }
 
@@ -60,6 +61,7 @@ class Params:
     :ivar ops: transactions / queries per repetition of the per-operation workloads.
     :ivar memory_rows: rows streamed by the memory workload.
     :ivar sleep: seconds each shard sleeps in the scatter-gather workload.
+    :ivar threads: application threads of the concurrency workload.
     """
 
     rows: int = 40_000
@@ -67,13 +69,15 @@ class Params:
     ops: int = 1000
     memory_rows: int = 1_000_000
     sleep: float = 0.05
+    threads: int = 16
 
 
 @dataclass
 class Figure:
     """One side's best measurement of a workload.
 
-    :ivar side: ``shardsession``, ``sqlalchemy``, ``sqlalchemy-plain`` or ``psycopg``.
+    :ivar side: a key of :data:`SIDE_LABELS`: ``shardsession``, ``sqlalchemy``
+        (``ShardedSession``), ``sqlalchemy-plain``, ``sqlalchemy-engines`` or ``psycopg``.
     :ivar variant: what distinguishes figures of the same side (e.g. ``"4 shards"``).
     :ivar value: the figure, in the workload's unit.
     :ivar seconds: the best repetition's duration.
@@ -97,11 +101,12 @@ class Figure:
 class Target:
     """A target of the issue, and whether this run met it.
 
-    :ivar description: e.g. ``"shardsession / SQLAlchemy ShardedSession >= 10x"``.
+    :ivar description: what is measured, without the bound, e.g.
+        ``"shardsession / SQLAlchemy ShardedSession"``; :attr:`goal` says the bound.
     :ivar value: the measured ratio (or absolute value).
-    :ivar op: ``">="``, ``">"``, ``"<="`` or ``"<"``.
+    :ivar op: ``">="``, ``">"`` (at least) or ``"<="``, ``"<"`` (at most).
     :ivar bound: the target's bound.
-    :ivar unit: ``"x"`` for ratios, else the unit of ``value``.
+    :ivar unit: ``"x"`` for ratios, else the unit of ``value`` (``"MB"``).
     """
 
     description: str
@@ -109,6 +114,21 @@ class Target:
     op: str
     bound: float
     unit: str = "x"
+
+    def __post_init__(self) -> None:
+        if self.op not in (">=", ">", "<=", "<"):
+            raise ValueError(f"target {self.description!r}: unknown comparison {self.op!r}")
+
+    @property
+    def goal(self) -> str:
+        """The bound as printed, e.g. ``">= 0.9x"`` or ``"< 100 MB"``."""
+        unit = self.unit if self.unit in ("", "x") else " " + self.unit
+        return f"{self.op} {self.bound:g}{unit}"
+
+    @property
+    def text(self) -> str:
+        """The whole target in words: the description and the goal."""
+        return f"{self.description} {self.goal}"
 
     @property
     def met(self) -> bool:
@@ -171,10 +191,20 @@ class WorkloadResult:
         return result
 
     def aim(self, label: str, versus: str, minimum: float) -> None:
-        """Add the target "shardsession at least ``minimum`` times ``versus``"."""
+        """Add the target "shardsession at least ``minimum`` times as good as ``versus``"
+        (``label`` names the ratio, e.g. ``"shardsession / SQLAlchemy ShardedSession"``).
+        """
         ours = self.figure("shardsession")
         assert ours is not None
         self.targets.append(Target(label, self.speedup(ours, versus) or 0.0, ">=", minimum))
+
+    def at_most(
+        self, label: str, value: float, maximum: float, *, unit: str = "x", strict: bool = False
+    ) -> None:
+        """Add the target "``value`` at most ``maximum``" (under it when ``strict``), for
+        figures where lower is better: a latency ratio, a memory growth.
+        """
+        self.targets.append(Target(label, value, "<" if strict else "<=", maximum, unit))
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict, with the ratios and whether each target was met."""
@@ -199,6 +229,7 @@ class WorkloadResult:
             "targets": [
                 {
                     "description": t.description,
+                    "goal": t.goal,
                     "value": t.value,
                     "op": t.op,
                     "bound": t.bound,
@@ -272,7 +303,7 @@ def environment(dsn: str, *, embedded: bool) -> dict[str, Any]:
     with psycopg.connect(dsn) as conn:
         server = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
         fsync = conn.execute("SHOW fsync").fetchone()[0]  # type: ignore[index]
-    versions = {}
+    versions: dict[str, str | None] = {}
     for dist in ("shardsession", "psycopg", "sqlalchemy", "multiprocess"):
         try:
             versions[dist] = metadata.version(dist)

@@ -13,21 +13,35 @@ import shardsession as ss
 from .common import Params
 from .model import Layout
 
-__all__ = ["Context", "start_shards"]
+__all__ = ["Context", "fill_pool", "start_shards"]
 
 
-def start_shards(dsns: Mapping[str, str]) -> ss.ShardSet:
-    """shardsession's engines over ``dsns``: a pool of one worker per shard, no overflow
-    (a second connection to a shard would be a leak the benchmark should not hide),
-    every worker started before this returns.
+def start_shards(dsns: Mapping[str, str], workers: int = 1) -> ss.ShardSet:
+    """shardsession's engines over ``dsns``: a pool of ``workers`` workers per shard
+    (one for sequential clients, one per thread for threaded ones), no overflow (a
+    connection beyond them would be a leak the benchmark should not hide), every
+    worker started before this returns, so no timing pays for a start.
     """
-    shards = ss.create_shards(dsns, pool_size=1, max_overflow=0)
+    shards = ss.create_shards(dsns, pool_size=workers, max_overflow=0)
     try:
-        shards.run_on_all(lambda shard, engine: engine.connect().close())
+        shards.run_on_all(lambda shard, engine: fill_pool(engine, workers))
     except BaseException:
         shards.close()
         raise
     return shards
+
+
+def fill_pool(engine: Any, size: int) -> None:
+    """Open ``size`` connections of ``engine`` at once and return them to its pool,
+    which keeps them (its ``pool_size`` is at least ``size``).
+    """
+    conns = []
+    try:
+        for _ in range(size):
+            conns.append(engine.connect())
+    finally:
+        for conn in conns:
+            conn.close()
 
 
 class Context:

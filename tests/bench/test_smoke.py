@@ -2,14 +2,16 @@
 
 No timing is asserted (figures on a shared test machine mean nothing); what is
 asserted is that each workload measures every side, that its correctness checks ran
-and passed, that a wrong answer is caught, and that the command line, the JSON, the
-reST and the SVG come out whole.
+and passed, that its targets are exactly issue 15's and are printed, met or missed,
+with their figures, that a wrong answer is caught, and that the command line, the
+JSON, the reST and the SVG come out whole, measured or replayed from a saved run.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -20,14 +22,14 @@ import psycopg
 import pytest
 
 from bench import report
-from bench.__main__ import WORKLOADS, exit_status, run_workloads
+from bench.__main__ import WORKLOADS, exit_status, main, run_workloads
 from bench.common import Params, WorkloadResult, WrongResult
 from bench.context import Context
 from bench.model import REFERENCE, TABLE
 from bench.transfer import balance_checker
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = Params(rows=200, repeat=1, ops=20, memory_rows=2000, sleep=0.01)
+TINY = Params(rows=200, repeat=1, ops=20, memory_rows=2000, sleep=0.01, threads=4)
 
 SIDES = {
     "insert": ["shardsession", "sqlalchemy", "psycopg"],
@@ -36,21 +38,38 @@ SIDES = {
     "aggregate": ["shardsession", "sqlalchemy", "psycopg"],
     "transfer": ["shardsession", "sqlalchemy", "psycopg"],
     "point": ["shardsession", "sqlalchemy-plain", "sqlalchemy", "psycopg"],
+    "concurrency": ["shardsession", "sqlalchemy-engines", "sqlalchemy", "psycopg"],
     "scatter": ["shardsession"] * 2 + ["sqlalchemy"] * 2 + ["psycopg"] * 2,
     "roundtrip": ["shardsession", "psycopg"] * 2,
     "memory": ["shardsession"],
 }
-TARGETS = {
-    "insert": 2,
-    "load": 1,
-    "top100": 1,
-    "aggregate": 1,
-    "transfer": 1,
-    "point": 1,
-    "scatter": 1,
-    "roundtrip": 0,
-    "memory": 1,
+#: issue 15's targets: per workload, each target's (what shardsession is measured
+#: against, comparison, bound, unit), in order.  A side's name: the ratio of
+#: throughputs; SCATTER: the 4-shard latency over the 1-shard one; None: the figure.
+SCATTER = "4 shards / 1 shard"
+TARGETS: dict[str, list[tuple[str | None, str, float, str]]] = {
+    "insert": [("sqlalchemy", ">=", 3.0, "x")],
+    "load": [("sqlalchemy", ">=", 1.0, "x")],
+    "top100": [("sqlalchemy", ">=", 2.0, "x")],
+    "aggregate": [("sqlalchemy", ">=", 2.0, "x")],
+    "transfer": [("sqlalchemy", ">=", 1.5, "x")],
+    "point": [("sqlalchemy-plain", ">=", 0.9, "x"), ("sqlalchemy", ">=", 2.0, "x")],
+    "concurrency": [("sqlalchemy-engines", ">=", 1.0, "x")],
+    "scatter": [(SCATTER, "<=", 1.2, "x")],
+    "roundtrip": [],
+    "memory": [(None, "<", 100.0, "MB")],
 }
+
+
+def measured(r: WorkloadResult, versus: str | None) -> float | None:
+    """What a target of ``r`` against ``versus`` (as in :data:`TARGETS`) must measure."""
+    if versus == SCATTER:
+        four, one = r.figure("shardsession", "4 shards"), r.figure("shardsession", "1 shard")
+        assert four is not None and one is not None
+        return four.value / one.value
+    ours = r.figure("shardsession")
+    assert ours is not None
+    return ours.value if versus is None else r.speedup(ours, versus)
 
 
 def tables(dsn: str) -> set[str]:
@@ -69,9 +88,12 @@ def test_every_workload_runs_with_correct_results(
         assert r.error is None, f"{r.name}: {r.error}"
         assert [f.side for f in r.figures] == SIDES[r.name], r.name
         assert all(f.value >= 0 and f.count > 0 for f in r.figures), r.name
-        assert len(r.targets) == TARGETS[r.name], r.name
+        assert [(t.op, t.bound, t.unit) for t in r.targets] == [
+            target[1:] for target in TARGETS[r.name]
+        ], r.name
+        for t, (versus, *_) in zip(r.targets, TARGETS[r.name]):
+            assert t.value == pytest.approx(measured(r, versus)), (r.name, t.description)
         assert r.checks, f"{r.name} ran no correctness check"
-        assert all(t.value >= 0 for t in r.targets), r.name
     assert exit_status(results) == 0
     for dsn in shard_dsns.values():  # the benchmark leaves nothing behind
         assert not tables(dsn) & {TABLE, REFERENCE, "bench_roundtrip"}
@@ -82,17 +104,42 @@ def test_every_workload_runs_with_correct_results(
     assert insert.speedup(insert.figures[1], "sqlalchemy") == 1.0
     scatter = by_name["scatter"]
     assert {f.variant for f in scatter.figures} == {"4 shards", "1 shard"}
+    concurrency = by_name["concurrency"]
+    assert concurrency.figures[0].count == TINY.ops // TINY.threads * TINY.threads
+    assert f"{TINY.threads} threads" in concurrency.notes[0]
 
     text = io.StringIO()
     env = {"date": "today", "postgresql": "16", "python": "3.11"}
     report.write_text(results, env, TINY, text)
-    assert "== summary" in text.getvalue()
+    printed = text.getvalue()
+    sections = printed.split("\n== ")
+    assert sections[-1].startswith("summary")
+    summary = sections[-1].splitlines()
     for name in WORKLOADS:
-        assert f"== {name}:" in text.getvalue()
+        assert f"== {name}:" in printed
+    for r, section in zip(results, sections[1:-1]):  # each workload: its figures, its targets
+        assert section.startswith(f"{r.name}:")
+        for f in r.figures:
+            assert f.label in section and report.fmt(f.value) in section, (r.name, f.label)
+        for t in r.targets:
+            met = "met" if t.met else "MISSED"
+            line = f"target: {t.description} {t.goal}: measured {report.fmt(t.value, t.unit)}, "
+            assert line + met in section, (r.name, line)
+            row = [
+                s
+                for s in summary
+                if s.split()[:1] == [r.name] and t.description in s and t.goal in s
+            ]
+            assert len(row) == 1, (r.name, t.description)
+            ending = rf"{re.escape(report.fmt(t.value, t.unit))}\s+{'yes' if t.met else 'NO'}$"
+            assert re.search(ending, row[0]), row[0]
+    assert "target: none" in sections[list(WORKLOADS).index("roundtrip") + 1]
     data = json.loads(report.dumps(results, env, TINY))
     assert data["ok"] is True
     assert [w["name"] for w in data["workloads"]] == list(WORKLOADS)
-    assert len(data["summary"]) == sum(TARGETS.values())
+    assert data["parameters"]["threads"] == TINY.threads
+    assert len(data["summary"]) == sum(len(t) or 1 for t in TARGETS.values())
+    assert {row["target"] for row in data["summary"]} >= {">= 0.9x", "<= 1.2x", "< 100 MB"}
     svg, rst = report.write_docs(results, env, TINY, tmp_path)
     root = ET.fromstring(svg.read_text())
     assert root.tag.endswith("svg")
@@ -150,7 +197,7 @@ def test_a_lost_or_misrouted_write_is_caught(shard_dsns: dict[str, str]) -> None
 
 
 def test_command_line_prints_json_and_writes_the_docs(
-    shard_dsns: dict[str, str], tmp_path: Path
+    shard_dsns: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     template = shard_dsns["s0"].replace("_s0_", "_{shard}_")
     assert template != shard_dsns["s0"]
@@ -161,6 +208,7 @@ def test_command_line_prints_json_and_writes_the_docs(
             "bench",
             "top100",
             "aggregate",
+            "concurrency",
             "memory",
             "--dsn",
             template,
@@ -172,6 +220,8 @@ def test_command_line_prints_json_and_writes_the_docs(
             "10",
             "--memory-rows",
             "1000",
+            "--threads",
+            "2",
             "--json",
             "--docs",
             str(tmp_path),
@@ -187,12 +237,31 @@ def test_command_line_prints_json_and_writes_the_docs(
     assert out["environment"]["postgresql"].startswith(("15", "16", "17", "18"))
     assert out["environment"]["sqlalchemy"].startswith("2.")
     assert out["parameters"]["rows"] == 100
-    assert [w["name"] for w in out["workloads"]] == ["top100", "aggregate", "memory"]
+    assert out["parameters"]["threads"] == 2
+    names = ["top100", "aggregate", "concurrency", "memory"]
+    assert [w["name"] for w in out["workloads"]] == names
     for w in out["workloads"]:
         assert w["error"] is None and w["checks"]
         assert all(t["met"] in (True, False) for t in w["targets"])
-    assert (tmp_path / "benchmarks_results.rst").exists()
-    assert (tmp_path / "_static" / "benchmarks.svg").exists()
+    assert "2 threads x 5 transactions" in out["workloads"][2]["notes"][0]
+    docs = [tmp_path / "benchmarks_results.rst", tmp_path / "_static" / "benchmarks.svg"]
+    assert "concurrency" in docs[0].read_text() and "concurrency" in docs[1].read_text()
+    assert "--threads 2" in docs[0].read_text()
+
+    # the saved run, reported again: the same text targets and the very same docs
+    saved = tmp_path / "run.json"
+    saved.write_text(done.stdout, encoding="utf-8")
+    replay = tmp_path / "replay"
+    capsys.readouterr()
+    assert main(["--from-json", str(saved), "--docs", str(replay)]) == 0
+    printed = capsys.readouterr().out
+    for w in out["workloads"]:
+        assert f"== {w['name']}:" in printed
+        for t in w["targets"]:
+            assert f"target: {t['description']} {t['goal']}: measured " in printed
+    for path in docs:
+        again = replay / path.relative_to(tmp_path)
+        assert again.read_text() == path.read_text(), again
 
 
 def test_command_line_rejects_a_template_without_placeholder() -> None:
