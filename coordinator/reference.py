@@ -534,7 +534,9 @@ class IdentityMap(_WeakInstanceDict):  # type: ignore[misc]
 
     def get(self, key: Any, default: Any = None) -> Any:
         """The object under ``key`` (its reference token made the session's)."""
-        return super().get(self._canonical(key), default)
+        if _classes.get(key[0]) is False:  # the usual case, once per row loaded: no call
+            return _map_get(self, key, default)
+        return _map_get(self, self._canonical(key), default)
 
     def fast_get_state(self, key: Any) -> Any:
         """The state under ``key``, or None."""
@@ -547,6 +549,9 @@ class IdentityMap(_WeakInstanceDict):  # type: ignore[misc]
         return super().__getitem__(self._canonical(key))
 
     def _add_unpresent(self, state: Any, key: Any) -> None:
+        if _classes.get(key[0]) is False:
+            _map_add_unpresent(self, state, key)
+            return
         canonical = self._canonical(key)
         if canonical is not key:
             state.key = canonical
@@ -562,6 +567,10 @@ class IdentityMap(_WeakInstanceDict):  # type: ignore[misc]
         """Put ``state`` under its key, returning the state it replaces."""
         self._own(state)
         return super().replace(state)
+
+
+_map_get = _WeakInstanceDict.get
+_map_add_unpresent = _WeakInstanceDict._add_unpresent
 
 
 # -- writes -----------------------------------------------------------------------------
