@@ -540,13 +540,19 @@ class IdentityMap(_WeakInstanceDict):  # type: ignore[misc]
 
     def fast_get_state(self, key: Any) -> Any:
         """The state under ``key``, or None."""
-        return super().fast_get_state(self._canonical(key))
+        if _classes.get(key[0]) is False:
+            return _map_fast_get_state(self, key)
+        return _map_fast_get_state(self, self._canonical(key))
 
     def __contains__(self, key: Any) -> bool:
-        return bool(super().__contains__(self._canonical(key)))
+        if _classes.get(key[0]) is False:
+            return bool(_map_contains(self, key))
+        return bool(_map_contains(self, self._canonical(key)))
 
     def __getitem__(self, key: Any) -> Any:
-        return super().__getitem__(self._canonical(key))
+        if _classes.get(key[0]) is False:
+            return _map_getitem(self, key)
+        return _map_getitem(self, self._canonical(key))
 
     def _add_unpresent(self, state: Any, key: Any) -> None:
         if _classes.get(key[0]) is False:
@@ -569,8 +575,12 @@ class IdentityMap(_WeakInstanceDict):  # type: ignore[misc]
         return super().replace(state)
 
 
+# SQLAlchemy's own methods, called directly on the fast path (rows of sharded classes)
 _map_get = _WeakInstanceDict.get
 _map_add_unpresent = _WeakInstanceDict._add_unpresent
+_map_fast_get_state = _WeakInstanceDict.fast_get_state
+_map_contains = _WeakInstanceDict.__contains__
+_map_getitem = _WeakInstanceDict.__getitem__
 
 
 # -- writes -----------------------------------------------------------------------------
