@@ -100,6 +100,8 @@ class Session(ShardedSession):
         self._commit: CommitCoordinator | None = None
         self._tag: str | None = None  # the root transaction's tag (shardsession.deadlock)
         self._joined: list[Any] = []  # the root transaction's worker connections
+        # (innermost transaction, shard -> its connection), see connection_callable
+        self._flush_connections: tuple[Any, dict[Any, Any]] = (None, {})
         self._group_shard: Any = None  # the shard of a bulk statement's group being run
         # one object per reference row, whichever shard it is read through
         self.identity_map = reference.IdentityMap(self._shard_names[0])
@@ -154,7 +156,17 @@ class Session(ShardedSession):
         """
         if shard_id is None:
             shard_id = self._choose_shard_and_assign(mapper, instance)
-        return self._autobegin_t().connection(mapper, shard_id=shard_id)
+        transaction = self._autobegin_t()
+        # A flush asks once per object: the transaction's connection to each shard is
+        # kept for as long as that transaction is the innermost one and active.
+        held, connections = self._flush_connections
+        if held is not transaction or not transaction.is_active:
+            connections = {}
+            self._flush_connections = (transaction, connections)
+        connection = connections.get(shard_id)
+        if connection is None:
+            connection = connections[shard_id] = transaction.connection(mapper, shard_id=shard_id)
+        return connection
 
     def _choose_shard_and_assign(self, mapper: Any, instance: Any, **kw: Any) -> Any:
         if instance is not None:
@@ -281,6 +293,7 @@ def _after_transaction_end(session: Any, transaction: Any) -> None:
         session._commit = None
         session._tag = None
         session._joined = []
+        session._flush_connections = (None, {})
 
 
 def _before_flush(session: Any, flush_context: Any, instances: Any) -> None:
