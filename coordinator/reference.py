@@ -614,7 +614,7 @@ def replicate(cursor: Any, statement: str, parameters: Any, context: Any, *, man
             "is gone, so it cannot reach every shard; run it through a live session"
         )
     is_reference_statement(context.compiled.statement)  # reads no sharded table
-    if not session.twophase:
+    if not (session.twophase or getattr(session, "_shards_end_together", False)):
         raise CrossShardError(
             f"a write to reference table {table.name!r} must reach every shard in one "
             "transaction, and this session commits each shard on its own (twophase=False). "

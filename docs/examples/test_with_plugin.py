@@ -41,8 +41,20 @@ def test_customers_are_spread_over_the_shards(tables: None, session: Session) ->
     assert session.scalar(select(func.count()).select_from(Customer)) == 20
 
 
+def test_rollback_session_undoes_even_what_the_test_commits(
+    tables: None, rollback_session: Session
+) -> None:
+    rollback_session.add_all([Customer(id=n, name=f"customer {n}") for n in range(1, 5)])
+    rollback_session.commit()  # releases a SAVEPOINT on each shard
+    rollback_session.add(Customer(id=5, name="five"))
+    rollback_session.rollback()  # back to the commit
+    assert rollback_session.scalar(select(func.count()).select_from(Customer)) == 4
+    # after the test, each shard's transaction is rolled back: no table is emptied
+
+
 def test_every_test_starts_with_empty_tables(tables: None, session: Session) -> None:
-    # The session fixture emptied every shard after the previous test.
+    # The session fixture emptied every shard after its test; the rollback_session
+    # of the test before this one left nothing to empty.
     assert session.scalar(select(func.count()).select_from(Customer)) == 0
 
 

@@ -9,6 +9,9 @@ Fixtures
     over them (one engine per shard, two workers each kept in its pool), closed at
     the end of the run.  ``session`` (function scope): a Session
     over ``shard_pool``, closed and its shards emptied after the test.
+    ``rollback_session`` (function scope): a Session over ``shard_pool`` whose
+    every change, committed or not, is rolled back after the test, without
+    emptying any table (:func:`shardsession.testing.rollback_session`).
     ``clean_shards`` (function scope):
     empties every table of every shard before and after the test and returns
     the same dict.
@@ -27,26 +30,47 @@ Options
     ``postgresql://u:pw@localhost:544{n}/app``; each process creates
     ``<dbname>_<worker>`` on those servers.  ``--shardsession-shards N``
     sets the number of shards (4).
+
+    ``--shardsession-reuse-db`` keeps the databases after the run, and the next
+    run with it reuses them (tables kept, rows emptied) instead of creating them:
+    the embedded server's folder is then :func:`kept_folder` (its server is
+    stopped after each run), and a second run on the same folder at the same time
+    is refused.  ``--shardsession-create-db`` creates them afresh even so (on the
+    embedded server, the whole folder).
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import psycopg
 import pytest
 
-from shardsession.embedded import LocalCluster
+from shardsession import testing
+from shardsession.embedded import LocalCluster, default_cluster_path
 from shardsession.exc import ShardSessionError
 from shardsession.testing import TestDatabases
 
 _RUN_PATH = "shardsession_run_path"
 _STATE = pytest.StashKey["_RunState"]()
+
+
+def kept_folder(rootpath: Path) -> Path:
+    """The folder that keeps the embedded server of ``--shardsession-reuse-db`` runs.
+
+    One per project (pytest's rootdir), next to the default cluster folder
+    (:func:`~shardsession.embedded.default_cluster_path`): the server's data is in
+    its ``cluster`` subfolder, which ``shardsession down --path ... --remove`` deletes.
+    """
+    digest = hashlib.sha1(str(rootpath.resolve()).encode()).hexdigest()[:12]
+    return default_cluster_path().parent / f"pytest-{digest}"
 
 
 class _RunState:
@@ -59,6 +83,67 @@ class _RunState:
         self.worker_id = os.environ.get("PYTEST_XDIST_WORKER", "main")
         self._run_path = workerinput.get(_RUN_PATH) if workerinput else None
         self.owns_run_path = False
+        self.template: str | None = config.getoption("--shardsession-dsn")
+        #: keep the databases after the run (--shardsession-reuse-db)
+        self.keep: bool = config.getoption("--shardsession-reuse-db")
+        #: reuse the databases an earlier run kept (unless --shardsession-create-db)
+        self.reuse = self.keep and not config.getoption("--shardsession-create-db")
+        self._lock: IO[str] | None = None
+
+    @property
+    def kept_cluster(self) -> Path | None:
+        """The embedded cluster folder kept between runs, if this run keeps one."""
+        if not self.keep or self.template:
+            return None
+        return kept_folder(self.config.rootpath) / "cluster"
+
+    def claim_kept_cluster(self) -> None:
+        """Hold the kept folder for this run (controller only), or refuse the run.
+
+        Two runs on one folder would empty each other's tables and stop each
+        other's server.  With ``--shardsession-create-db`` the folder is emptied.
+        """
+        cluster = self.kept_cluster
+        if cluster is None:
+            return
+        try:
+            cluster.parent.mkdir(parents=True, exist_ok=True)
+            if os.geteuid() == 0 and cluster.parent.stat().st_uid == 0:
+                # as root the server runs as another user, who must enter the folder
+                cluster.parent.chmod(cluster.parent.stat().st_mode | 0o711)
+            lock = open(cluster.parent / "run.lock", "a+")  # held until shutdown()
+        except OSError as err:
+            raise pytest.UsageError(
+                f"shardsession: cannot keep the test databases in {cluster.parent} "
+                f"({err.strerror or err}); run without --shardsession-reuse-db"
+            ) from err
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip()
+            lock.close()
+            pid = f" (pid {holder})" if holder.isdigit() else ""
+            raise pytest.UsageError(
+                f"shardsession: another pytest run{pid} is using the kept test databases "
+                f"of this project ({cluster}); wait for it to finish, or run this one "
+                "without --shardsession-reuse-db"
+            ) from None
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        if not self.reuse:
+            try:
+                LocalCluster(shards=1, path=cluster).stop(remove=True)
+            except (ShardSessionError, OSError) as err:
+                lock.close()
+                raise pytest.UsageError(
+                    f"shardsession: --shardsession-create-db cannot delete the kept test "
+                    f"databases in {cluster}: {err}"
+                ) from err
+        self._lock = lock
+        self._run_path = str(cluster)
+        self.owns_run_path = True
 
     def run_path(self) -> Path:
         """The embedded cluster folder of this test run (created on first use)."""
@@ -70,10 +155,17 @@ class _RunState:
         return Path(self._run_path)
 
     def shutdown(self) -> None:
-        """Stop the run's cluster and remove its folder (controller only)."""
+        """Stop the run's cluster and remove its folder, or keep it (controller only)."""
         if self.owns_run_path and self._run_path is not None:
-            LocalCluster(shards=1, path=self._run_path).stop(remove=True)
-            shutil.rmtree(self._run_path, ignore_errors=True)
+            if self._lock is not None:  # kept for the next run: stopped, not removed
+                try:
+                    LocalCluster(shards=1, path=self._run_path).stop()
+                finally:
+                    self._lock.close()
+                    self._lock = None
+            else:
+                LocalCluster(shards=1, path=self._run_path).stop(remove=True)
+                shutil.rmtree(self._run_path, ignore_errors=True)
 
 
 _RUN_PREFIX = "shardsession-pytest-"
@@ -123,11 +215,25 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="N",
         help="number of shards (default 4)",
     )
+    group.addoption(
+        "--shardsession-reuse-db",
+        action="store_true",
+        help="keep the test databases after the run, and reuse those an earlier run kept "
+        "(tables kept, rows emptied) instead of creating them",
+    )
+    group.addoption(
+        "--shardsession-create-db",
+        action="store_true",
+        help="create the test databases afresh, even with --shardsession-reuse-db",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Set up the per-process state."""
-    config.stash[_STATE] = _RunState(config)
+    """Set up the per-process state; with --shardsession-reuse-db, hold the kept folder."""
+    state = _RunState(config)
+    config.stash[_STATE] = state
+    if not state.is_worker:
+        state.claim_kept_cluster()
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -135,6 +241,27 @@ def pytest_configure_node(node: object) -> None:
     """Hand every xdist worker the controller's cluster folder."""
     state = node.config.stash[_STATE]  # type: ignore[attr-defined]
     node.workerinput[_RUN_PATH] = str(state.run_path())  # type: ignore[attr-defined]
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say where --shardsession-reuse-db kept the databases, and how to remove them."""
+    state = terminalreporter.config.stash.get(_STATE, None)
+    if state is None or state.is_worker or not state.keep:
+        return
+    cluster = state.kept_cluster
+    if cluster is None:
+        where = "on the servers of --shardsession-dsn (drop them there to remove them)"
+    elif (cluster / "cluster.json").exists():
+        where = (
+            f"in {cluster}, whose server stops now (`shardsession down --path {cluster} "
+            "--remove` deletes them)"
+        )
+    else:
+        return  # no test needed them
+    terminalreporter.write_line(
+        f"shardsession: kept the test databases for the next --shardsession-reuse-db run "
+        f"{where}; --shardsession-create-db creates them afresh"
+    )
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -148,28 +275,30 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def _shardsession_databases(request: pytest.FixtureRequest) -> Iterator[TestDatabases]:
     config = request.config
     state: _RunState = config.stash[_STATE]
-    template = config.getoption("--shardsession-dsn")
+    template = state.template
     databases = TestDatabases(
         state.worker_id,
         config.getoption("--shardsession-shards"),
         cluster_path=None if template else state.run_path(),
         dsn_template=template,
     )
+    # kept for the next run (--shardsession-reuse-db), or dropped
+    finish = databases.close if state.keep else databases.drop
     problem = None
     try:
-        databases.create()
+        databases.create(reuse=state.reuse)
     except (ShardSessionError, psycopg.Error, OSError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         problem = f"shardsession: the test shards cannot be set up: {first}"
     if problem is not None:
         # One clear line and the end of the run, not the same traceback once per test.
-        databases.drop()
+        finish()
         request.session.shouldstop = problem
         pytest.fail(problem, pytrace=False)
     try:
         yield databases
     finally:
-        databases.drop()
+        finish()
 
 
 @pytest.fixture(scope="session")
@@ -205,6 +334,18 @@ def session(shard_pool: Any, _shardsession_databases: TestDatabases) -> Iterator
     finally:
         sess.close()
         _shardsession_databases.clean()
+
+
+@pytest.fixture
+def rollback_session(shard_pool: Any) -> Iterator[Any]:
+    """A :class:`~shardsession.Session` over ``shard_pool`` whose every change is
+    rolled back after the test (:func:`shardsession.testing.rollback_session`).
+
+    Its ``commit()`` releases a SAVEPOINT inside a transaction per shard that is
+    rolled back at teardown, so no table is emptied and nothing is committed.
+    """
+    with testing.rollback_session(shard_pool) as sess:
+        yield sess
 
 
 @pytest.fixture

@@ -1,30 +1,37 @@
-"""Per-test-run shard databases, usable without pytest.
+"""Per-test-run shard databases and sessions, usable without pytest.
 
 :class:`TestDatabases` gives one test process its own set of shard databases:
 on the embedded cluster it copies each shard's database (used as a template, so
 creation is fast), and against external servers (a DSN template with ``{shard}``)
 it creates ``<dbname>_<suffix>`` next to each shard's database.  It also empties
 shards between tests and drops the databases at the end, rolling back leftover
-prepared transactions first (``DROP DATABASE`` fails while one exists).
+prepared transactions first (``DROP DATABASE`` fails while one exists); or it
+keeps them for the next run, which reuses them (``create(reuse=True)``).
 
-The pytest plugin (:mod:`shardsession.pytest_plugin`) is a thin layer over it.
+:func:`rollback_session` is a :class:`~shardsession.Session` whose every change is
+undone when it ends, without emptying any table.
+
+The pytest plugin (:mod:`shardsession.pytest_plugin`) is a thin layer over both.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from sqlalchemy.engine import Connection, Engine
 
+from shardsession import Session, ShardSet
 from shardsession.embedded import LocalCluster
-from shardsession.exc import ConfigurationError
+from shardsession.exc import ArgumentError, ConfigurationError
 from shardsession.preflight import check_shard_dsns
 
-__all__ = ["TestDatabases", "rollback_prepared", "truncate_all"]
+__all__ = ["TestDatabases", "rollback_prepared", "rollback_session", "truncate_all"]
 
 
 def rollback_prepared(conn: psycopg.Connection[Any]) -> list[str]:
@@ -93,6 +100,8 @@ class TestDatabases:
         self.cluster_path = cluster_path
         self.dsn_template = dsn_template
         self.dsns: dict[str, str] = {}
+        #: the shards whose database :meth:`create` found and kept (``reuse=True``)
+        self.reused: list[str] = []
         self._admin: dict[str, str] = {}
         self._conns: dict[str, psycopg.Connection[Any]] = {}
 
@@ -101,27 +110,38 @@ class TestDatabases:
         """The shard names: ``s0`` ... ``s{shards-1}``."""
         return [f"s{i}" for i in range(self.shards)]
 
-    def create(self) -> dict[str, str]:
-        """Create this process's shard databases; return shard name -> DSN."""
+    def create(self, *, reuse: bool = False) -> dict[str, str]:
+        """Create this process's shard databases; return shard name -> DSN.
+
+        :param reuse: keep a database that exists already (left by :meth:`close`)
+            instead of dropping it and creating it again.  Its tables are kept and
+            emptied (:func:`truncate_all`), so tests find them empty, with ids
+            starting at 1.  :attr:`reused` lists the shards whose database was kept.
+        """
+        self.reused = []
         if self.dsn_template is not None:
-            self._create_external()
+            self._create_external(reuse)
         else:
-            self._create_embedded()
+            self._create_embedded(reuse)
         check_shard_dsns(self.dsns)
+        for shard in self.reused:
+            truncate_all(self.connection(shard))
         return dict(self.dsns)
 
-    def _create_embedded(self) -> None:
+    def _create_embedded(self, reuse: bool) -> None:
         cluster = LocalCluster(shards=self.shards, path=self.cluster_path, durable=False)
         cluster.start()
         for shard in self.shard_names:
             name = f"{cluster.database_name(shard)}_{self.suffix}"
             self._admin[shard] = cluster.admin_dsn(shard)
-            self._drop(shard, name)
+            if not self._keep(shard, name, reuse):
+                self._drop(shard, name)
+            # creates the database only if it is missing
             self.dsns[shard] = cluster.create_database(
                 name, template=cluster.database_name(shard), shard=shard
             )
 
-    def _create_external(self) -> None:
+    def _create_external(self, reuse: bool) -> None:
         template = self.dsn_template or ""
         if "{shard}" not in template and "{n}" not in template:
             raise ConfigurationError(
@@ -135,10 +155,23 @@ class TestDatabases:
             base = parts.get("dbname") or parts.get("user") or "postgres"
             name = f"{base}_{self.suffix}"
             self._admin[shard] = make_conninfo(**{**parts, "dbname": "postgres"})
-            self._drop(shard, name)
-            with psycopg.connect(self._admin[shard], autocommit=True) as conn:
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            if not self._keep(shard, name, reuse):
+                self._drop(shard, name)
+                with psycopg.connect(self._admin[shard], autocommit=True) as conn:
+                    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
             self.dsns[shard] = make_conninfo(**{**parts, "dbname": name})
+
+    def _keep(self, shard: str, name: str, reuse: bool) -> bool:
+        """Whether database ``name`` of ``shard`` is reused (noted in :attr:`reused`)."""
+        if reuse and self._exists(shard, name):
+            self.reused.append(shard)
+            return True
+        return False
+
+    def _exists(self, shard: str, name: str) -> bool:
+        with psycopg.connect(self._admin[shard], autocommit=True) as admin:
+            found = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            return found.fetchone() is not None
 
     def connection(self, shard: str) -> psycopg.Connection[Any]:
         """A cached autocommit connection to ``shard``'s database (for fixtures)."""
@@ -161,12 +194,29 @@ class TestDatabases:
 
     def drop(self) -> None:
         """Drop this process's shard databases, rolling back prepared transactions first."""
-        for conn in self._conns.values():
-            conn.close()
-        self._conns.clear()
+        self._close_connections()
         for shard, dsn in self.dsns.items():
             self._drop(shard, conninfo_to_dict(dsn)["dbname"])
         self.dsns.clear()
+
+    def close(self) -> None:
+        """Keep this process's shard databases for a later ``create(reuse=True)``.
+
+        Closes the connections of :meth:`connection` and rolls back the prepared
+        transactions tests left, which would hold their locks (and count against
+        ``max_prepared_transactions``) until the next run.
+        """
+        self._close_connections()
+        for dsn in self.dsns.values():
+            with contextlib.suppress(psycopg.OperationalError):  # a server already stopped
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    rollback_prepared(conn)
+        self.dsns.clear()
+
+    def _close_connections(self) -> None:
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
 
     def _drop(self, shard: str, name: str) -> None:
         with psycopg.connect(self._admin[shard], autocommit=True) as admin:
@@ -179,3 +229,82 @@ class TestDatabases:
             admin.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
+
+
+class _JoinedSession(Session):
+    """A :class:`~shardsession.Session` over connections whose transactions it joins.
+
+    Its shards are bound to connections (SQLAlchemy's "join a session into an
+    external transaction"), while :attr:`shards` still names the engines they come
+    from, as it does for every Session: shard numbering
+    (:func:`~shardsession.shard_numbers`) connects through them.  No shard ever
+    commits on its own (a commit releases savepoints, the end rolls back every
+    shard), so writes to reference tables are allowed without two-phase commit.
+    """
+
+    #: every shard's work ends together (rolled back): see coordinator/reference.py
+    _shards_end_together = True
+
+    def __init__(
+        self,
+        connections: Mapping[str, Connection],
+        source: ShardSet,
+        **kwargs: Any,
+    ) -> None:
+        bound = ShardSet(connections, dsns=source.dsns)  # type: ignore[arg-type]
+        super().__init__(bound, twophase=False, join_transaction_mode="create_savepoint", **kwargs)
+        self._source = source
+
+    @property
+    def shards(self) -> dict[str, Any]:
+        """Shard name -> Engine (the engines the session's connections come from)."""
+        return dict(self._source)
+
+
+@contextlib.contextmanager
+def rollback_session(shards: Mapping[str, Engine], **session_kwargs: Any) -> Iterator[Session]:
+    """A :class:`~shardsession.Session` whose every change is undone at the end.
+
+    One connection per shard is opened and a transaction begun on each; the
+    session joins them with a SAVEPOINT (SQLAlchemy's
+    ``join_transaction_mode="create_savepoint"``).  Inside, ``commit()`` releases
+    the savepoints and ``rollback()`` rolls back to them, so code under test runs as
+    it would on its own; when the block ends, the session is closed and the
+    transactions are rolled back: no table needs emptying.
+
+    Nothing the session writes is ever committed, so other connections never see
+    it, and no two-phase commit runs: a commit that wrote to several shards
+    releases each shard's savepoint.  Writes to reference tables raise
+    :class:`~shardsession.exc.CrossShardError`, which refuses them in any session
+    without two-phase commit.
+
+    :param shards: a :class:`~shardsession.ShardSet` (or shard name -> Engine).
+    :param session_kwargs: other :class:`~shardsession.Session` arguments, such as
+        ``expire_on_commit``.
+    :raises ArgumentError: for ``twophase`` or ``join_transaction_mode``, which the
+        session sets itself.
+
+    Example::
+
+        with rollback_session(shards) as session:
+            session.add(Account(id=1, balance=10))
+            session.commit()        # releases a SAVEPOINT
+        # the account is gone
+    """
+    fixed = sorted({"twophase", "join_transaction_mode", "shards", "bind"} & set(session_kwargs))
+    if fixed:
+        raise ArgumentError(
+            f"rollback_session() sets {', '.join(fixed)} itself (its commits only release "
+            "savepoints); leave them out, or make a shardsession.Session of your own"
+        )
+    source = shards if isinstance(shards, ShardSet) else ShardSet(shards)
+    with contextlib.ExitStack() as stack:
+        connections: dict[str, Connection] = {}
+        for name, engine in source.items():
+            connection = stack.enter_context(engine.connect())
+            # a Transaction used as a context manager would commit: roll it back instead
+            stack.callback(connection.begin().rollback)
+            connections[name] = connection
+        session = _JoinedSession(connections, source, **session_kwargs)
+        stack.callback(session.close)
+        yield session

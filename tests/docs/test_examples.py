@@ -135,7 +135,7 @@ def test_pytest_example_passes_through_the_plugin(shard_dsns: dict[str, str]) ->
     if template is not None:
         args += ["--shardsession-dsn", template]
     out = _run([*args, str(EXAMPLES / "test_with_plugin.py")], _clean_env()).stdout
-    assert "4 passed" in out, out
+    assert "5 passed" in out, out
 
 
 def test_readme_first_program_runs_twice_and_says_what_it_leaves(tmp_path: Path) -> None:
