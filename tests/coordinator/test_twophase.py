@@ -7,7 +7,7 @@ from typing import Any
 import psycopg
 import pytest
 from shardsession.coordinator.routing import shard_for_key
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 import shardsession as ss
 from shardsession.twophase import COMMIT_LOG
@@ -153,3 +153,46 @@ def test_prepare_refused_for_want_of_prepared_slots_is_a_twophase_error(tmp_path
                         assert s.get(Account, a) is None and s.get(Account, b) is None
                 finally:
                     holder.execute("ROLLBACK PREPARED 'slot_taken'")
+
+
+def test_every_prepare_and_commit_prepared_is_sent_before_any_reply_is_read(
+    session: ss.Session, shards: ss.ShardSet, direct: dict[str, Any]
+) -> None:
+    # Three writers: two PREPAREs and two COMMIT PREPAREDs (the commit point neither),
+    # each pair sent to the workers before either reply is read, so they run together.
+    from unittest import mock
+
+    from shardsession.coordinator import dbapi
+
+    from shardsession import protocol as p
+
+    names = list(shards)
+    keys: dict[str, int] = {}
+    for i in range(1, 200):
+        keys.setdefault(shard_for_key(names, i), i)
+        if len(keys) == 3:
+            break
+    session.add_all([Account(id=i, balance=1) for i in keys.values()])
+    events: list[tuple[str, str]] = []
+    send, recv = dbapi.Connection.send, dbapi.Connection.recv
+
+    def spy_send(conn: Any, request: Any) -> None:
+        events.append(("send", type(request).__name__))
+        send(conn, request)
+
+    def spy_recv(conn: Any) -> Any:
+        try:
+            return recv(conn)
+        finally:
+            events.append(("recv", ""))
+
+    with mock.patch.object(dbapi.Connection, "send", spy_send), \
+            mock.patch.object(dbapi.Connection, "recv", spy_recv):  # fmt: skip
+        session.commit()
+    assert _prepared(direct) == 0
+    for name in (p.Prepare.__name__, p.FinishPrepared.__name__):
+        at = [i for i, e in enumerate(events) if e == ("send", name)]
+        assert len(at) == 2, (name, events)
+        assert all(e[0] == "send" for e in events[at[0] : at[1] + 1]), (name, events)
+    with ss.Session(shards) as s:
+        assert sorted(a.id for a in s.scalars(select(Account))) == sorted(keys.values())
