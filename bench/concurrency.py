@@ -29,10 +29,10 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from typing import Any
 
-from .common import Trial, WorkloadResult, measure
+from .common import WorkloadResult, measure
 from .context import Context, fill_pool, start_shards
 from .model import TABLE, Account, Layout
-from .transfer import balance_checker
+from .transfer import balance_trials
 
 NAME = "concurrency"
 TITLE = "Point transactions from concurrent threads over 4 shards (get, change, commit)"
@@ -156,10 +156,7 @@ def run(ctx: Context) -> WorkloadResult:
             "sqlalchemy": sqlalchemy_side,
             "psycopg": psycopg_side,
         }
-        trials: dict[str, Trial] = {}
-        for side, body in sides.items():
-            before, after = balance_checker(layout, NAME, side, deltas)
-            trials[side] = Trial(in_threads(body), before, after)
+        trials = balance_trials(layout, NAME, sides, deltas, in_threads)
         best = measure(trials, ctx.params.repeat)
     ctx.data_changed()
     result = WorkloadResult.throughput(NAME, TITLE, "tx/s", best)

@@ -14,10 +14,10 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 
-from .common import Trial, WorkloadResult, measure
+from .common import WorkloadResult, measure
 from .context import Context
 from .model import TABLE, Account
-from .transfer import balance_checker
+from .transfer import balance_trials
 
 NAME = "point"
 TITLE = "Single-shard point transactions (get, change, commit)"
@@ -79,10 +79,7 @@ def run(ctx: Context) -> WorkloadResult:
         "sqlalchemy": sqlalchemy_side,
         "psycopg": psycopg_side,
     }
-    trials: dict[str, Trial] = {}
-    for side, fn in sides.items():
-        before, after = balance_checker(layout, NAME, side, deltas)
-        trials[side] = Trial(fn, before, after)
+    trials = balance_trials(layout, NAME, sides, deltas)
     with psycopg.connect(layout.dsns[shard]) as conn:
         best = measure(trials, ctx.params.repeat)
     ctx.data_changed()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .common import Trial, WorkloadResult, expect, measure
@@ -35,6 +35,23 @@ def pairs(layout: Layout, rows: int, count: int, seed: int = 5) -> list[tuple[in
         if layout.shard_of(a) != layout.shard_of(b):
             out.append((a, b))
     return out
+
+
+def balance_trials(
+    layout: Layout,
+    name: str,
+    sides: Mapping[str, Any],
+    deltas: Counter[int],
+    wrap: Callable[[Any], Callable[[], int]] | None = None,
+) -> dict[str, Trial]:
+    """One :class:`~bench.common.Trial` per side, each checking with
+    :func:`balance_checker` that every balance moved by exactly ``deltas``;
+    a side is timed as it is, or as ``wrap`` makes it (e.g. run in threads)."""
+    trials: dict[str, Trial] = {}
+    for side, body in sides.items():
+        before, after = balance_checker(layout, name, side, deltas)
+        trials[side] = Trial(wrap(body) if wrap else body, before, after)
+    return trials
 
 
 def balance_checker(
@@ -125,14 +142,12 @@ def run(ctx: Context) -> WorkloadResult:
         return len(todo)
 
     with ShardConnections(layout) as raw:
-        trials = {}
-        for side, fn in (
-            ("shardsession", shardsession_side),
-            ("sqlalchemy", sqlalchemy_side),
-            ("psycopg", psycopg_side),
-        ):
-            before, after = balance_checker(layout, NAME, side, deltas)
-            trials[side] = Trial(fn, before, after)
+        sides = {
+            "shardsession": shardsession_side,
+            "sqlalchemy": sqlalchemy_side,
+            "psycopg": psycopg_side,
+        }
+        trials = balance_trials(layout, NAME, sides, deltas)
         best = measure(trials, ctx.params.repeat)
     ctx.data_changed()
     result = WorkloadResult.throughput(NAME, TITLE, "tx/s", best)
