@@ -26,7 +26,6 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from psycopg.pq import TransactionStatus
 from shardsession.coordinator import identity, reference, routing
 from shardsession.coordinator.scatter import execute_hook
 from shardsession.coordinator.shards import ShardSet
@@ -38,7 +37,6 @@ from sqlalchemy.orm import Mapper, RelationshipDirection
 from sqlalchemy.orm import Session as _SASession
 from sqlalchemy.orm import sessionmaker as _SASessionmaker
 
-from shardsession import protocol as p
 from shardsession.deadlock import new_tag
 from shardsession.exc import ArgumentError, CrossShardError, ShardNotFoundError
 
@@ -99,7 +97,6 @@ class Session(ShardedSession):
         self._custom_shard_chooser = shard_chooser is not None
         self._commit: CommitCoordinator | None = None
         self._tag: str | None = None  # the root transaction's tag (shardsession.deadlock)
-        self._joined: list[Any] = []  # the root transaction's worker connections
         # (innermost transaction, shard -> its connection), see connection_callable
         self._flush_connections: tuple[Any, dict[Any, Any]] = (None, {})
         self._group_shard: Any = None  # the shard of a bulk statement's group being run
@@ -269,19 +266,10 @@ def _after_begin(session: Any, transaction: Any, connection: Any) -> None:
     dbapi_connection = connection.connection.dbapi_connection
     if not hasattr(dbapi_connection, "tpc"):
         return  # not a shardsession worker
-    # Every shard's backend of a transaction on several shards carries one tag, for
-    # the deadlock detector.  A transaction on one shard cannot be part of a cycle
-    # across shards and is not tagged (setting the tag costs a statement): the tag
-    # is made when a second shard joins, and sent to the shards joined before.
-    joined = session._joined
-    if session._tag is None and joined and dbapi_connection not in joined:
-        session._tag = tag = new_tag()
-        for earlier in joined:
-            earlier.tag = tag
-            if not earlier.closed and earlier.status & p.STATUS_TX != TransactionStatus.IDLE:
-                earlier.send_and_forget(p.Tag(tag))  # no wait: the worker is idle
-    if dbapi_connection not in joined:
-        joined.append(dbapi_connection)
+    # Every shard's backend of this transaction carries one tag (deadlock detection),
+    # set with BEGIN, outside any savepoint (a savepoint's rollback would undo it).
+    if session._tag is None:
+        session._tag = new_tag()
     dbapi_connection.tag = session._tag
     dbapi_connection.owner = session._ref
     if session.twophase:
@@ -292,7 +280,6 @@ def _after_transaction_end(session: Any, transaction: Any) -> None:
     if transaction.parent is None and isinstance(session, Session):
         session._commit = None
         session._tag = None
-        session._joined = []
         session._flush_connections = (None, {})
 
 

@@ -117,7 +117,6 @@ class WorkerConnection:
             p.Decide: self._decide,
             p.FinishPrepared: self._finish_prepared,
             p.Ping: self._ping,
-            p.Tag: self._tag,
         }
 
     # -- dispatch --------------------------------------------------------------
@@ -130,8 +129,13 @@ class WorkerConnection:
 
     @property
     def broken(self) -> bool:
-        """Whether the connection to PostgreSQL is gone."""
-        return self.conn.closed or self.conn.broken
+        """Whether the connection to PostgreSQL is gone, or stuck in a command that
+        did not finish (a ``COPY`` sent as a plain statement leaves it copying)."""
+        return (
+            self.conn.closed
+            or self.conn.broken
+            or self.conn.info.transaction_status == TransactionStatus.ACTIVE
+        )
 
     def handle(self, request: p.Request) -> Any:
         """Run ``request`` and return its reply value (exceptions propagate)."""
@@ -355,9 +359,22 @@ class WorkerConnection:
 
     def _prepare(self, req: p.Prepare) -> None:
         self._end()
-        if self.conn.info.transaction_status == _IDLE:
+        status = self.conn.info.transaction_status
+        if status == TransactionStatus.INERROR:
+            # PostgreSQL would answer PREPARE with a rollback, not an error: the other
+            # shards would commit without this one's work.
+            raise psycopg.errors.InFailedSqlTransaction(
+                "current transaction is aborted (a statement failed earlier in it), so it "
+                "cannot be prepared; roll back and retry the transaction"
+            )
+        if status == _IDLE:
             self.conn.execute(self._begin_sql())  # nothing ran: prepare an empty transaction
-        self.conn.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(req.gid)))
+        cur = self.conn.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(req.gid)))
+        if cur.statusmessage != "PREPARE TRANSACTION":
+            raise psycopg.errors.InFailedSqlTransaction(
+                f"PREPARE TRANSACTION was answered with {cur.statusmessage!r}: the "
+                "transaction was rolled back on this shard; roll back and retry it"
+            )
 
     def _decide(self, req: p.Decide) -> None:
         self._end()
@@ -379,11 +396,6 @@ class WorkerConnection:
         except psycopg.errors.UndefinedObject:
             return False
         return True
-
-    def _tag(self, req: p.Tag) -> None:
-        if self.conn.info.transaction_status == TransactionStatus.INTRANS:
-            self.conn.execute(_TAG_SQL, (req.tag,))
-            self.tag = req.tag
 
     def _ping(self, req: p.Ping) -> dict[str, Any]:
         if req.check_connection:

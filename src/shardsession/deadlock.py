@@ -2,11 +2,9 @@
 
 A lock cycle whose edges lie on several shards is invisible to every server:
 each sees one lock wait, never the cycle.  To see it, every PostgreSQL backend
-working for a session transaction on several shards carries that transaction's
-*tag* as its ``application_name`` (set with ``set_config(..., true)``, so it lasts
-exactly as long as the transaction; set when the transaction reaches its second
-shard, since a transaction on one shard cannot be part of a cycle across shards),
-and the detector
+working for a session transaction carries that transaction's *tag* as its
+``application_name`` (set with ``set_config(..., true)``, so it lasts exactly as
+long as the transaction), and the detector
 (:mod:`shardsession.coordinator.detector`) joins the waits of every shard by tag.
 
 A tag is ``ss:<start>:<random>``: ``<start>`` is the transaction's start in

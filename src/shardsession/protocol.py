@@ -178,19 +178,6 @@ class Ping:
 
 
 @dataclass(frozen=True, slots=True)
-class Tag:
-    """Tag the open transaction's backend (its ``application_name``) with ``tag``.
-
-    A session transaction is tagged from the moment it reaches a second shard (a
-    transaction on one shard cannot be part of a deadlock across shards): the
-    shards it began on earlier get their tag with this request, without waiting
-    for the reply.  Nothing happens when no transaction is open.
-    """
-
-    tag: str
-
-
-@dataclass(frozen=True, slots=True)
 class Shutdown:
     """Roll back, close the connection and exit."""
 
@@ -208,7 +195,6 @@ Request = (
     | Decide
     | FinishPrepared
     | Ping
-    | Tag
     | Shutdown
 )
 
@@ -270,7 +256,7 @@ def _pickle_by_fields(cls: type) -> None:
 
 for _message in (
     Execute, ExecuteMany, Copy, Fetch, Close, Commit, Rollback, SetOption, Prepare, Decide,
-    FinishPrepared, Ping, Tag, Shutdown, Result, Ok, Failure,
+    FinishPrepared, Ping, Shutdown, Result, Ok, Failure,
 ):  # fmt: skip
     _pickle_by_fields(_message)
 

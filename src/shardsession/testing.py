@@ -274,9 +274,9 @@ def rollback_session(shards: Mapping[str, Engine], **session_kwargs: Any) -> Ite
 
     Nothing the session writes is ever committed, so other connections never see
     it, and no two-phase commit runs: a commit that wrote to several shards
-    releases each shard's savepoint.  Writes to reference tables raise
-    :class:`~shardsession.exc.CrossShardError`, which refuses them in any session
-    without two-phase commit.
+    releases each shard's savepoint.  Writes to reference tables reach every shard
+    as in any session (no shard commits on its own here, so they need no two-phase
+    commit either).
 
     :param shards: a :class:`~shardsession.ShardSet` (or shard name -> Engine).
     :param session_kwargs: other :class:`~shardsession.Session` arguments, such as

@@ -154,37 +154,6 @@ def test_backends_carry_the_session_transaction_tag(watched: ss.ShardSet,
         assert not any(app_name(name, pid).startswith("ss:") for name, pid in pids.items())
 
 
-def test_a_transaction_is_tagged_when_it_reaches_a_second_shard(
-    watched: ss.ShardSet, direct: dict[str, Any]
-) -> None:
-    a, b = _two_shards(watched)
-    first, second = (shard_for_key(list(watched), k) for k in (a, b))
-
-    def app_name(shard: str, pid: int) -> str:
-        with direct[shard].connect() as conn:
-            return conn.execute(text("SELECT application_name FROM pg_stat_activity "
-                                     "WHERE pid = :p"), {"p": pid}).scalar() or ""  # fmt: skip
-
-    with ss.Session(watched) as s:
-        s.add(Account(id=a, balance=1))
-        s.flush()  # one shard: no tag (no deadlock across shards can involve it)
-        pid = s.connection(bind_arguments={"shard_id": first}).connection \
-            .dbapi_connection.info.backend_pid  # fmt: skip
-        assert not app_name(first, pid).startswith("ss:")
-        s.add(Account(id=b, balance=1))
-        s.flush()  # the second shard: both backends get the transaction's tag
-        other = s.connection(bind_arguments={"shard_id": second}).connection \
-            .dbapi_connection.info.backend_pid  # fmt: skip
-        deadline = time.monotonic() + 5  # the first shard's tag is sent without a wait
-        while not app_name(first, pid).startswith("ss:") and time.monotonic() < deadline:
-            time.sleep(0.02)
-        tag = app_name(first, pid)
-        assert tag.startswith("ss:") and app_name(second, other) == tag
-        s.commit()
-    with ss.Session(watched) as s:
-        assert sorted(s.scalars(select(Account.balance))) == [1, 1]
-
-
 def test_wait_on_a_crashed_applications_prepared_transaction_is_settled(
     watched: ss.ShardSet, shard_dsns: dict[str, str]
 ) -> None:

@@ -196,3 +196,28 @@ def test_every_prepare_and_commit_prepared_is_sent_before_any_reply_is_read(
         assert all(e[0] == "send" for e in events[at[0] : at[1] + 1]), (name, events)
     with ss.Session(shards) as s:
         assert sorted(a.id for a in s.scalars(select(Account))) == sorted(keys.values())
+
+
+def test_a_participant_whose_transaction_failed_rolls_every_shard_back(
+    session: ss.Session, shards: ss.ShardSet, direct: dict[str, Any]
+) -> None:
+    # PostgreSQL answers PREPARE TRANSACTION of an aborted transaction with a rollback,
+    # not an error: the commit must fail as a whole, not commit the other shards.
+    from sqlalchemy.exc import DBAPIError
+
+    from shardsession.exc import TwoPhaseError
+
+    a, b = _pair(shards)
+    names = list(shards)
+    for failing in (shard_for_key(names, a), shard_for_key(names, b)):
+        with ss.Session(shards) as s:  # two writers; the failed one is either of them
+            s.add_all([Account(id=a, balance=1), Account(id=b, balance=2)])
+            s.flush()
+            with pytest.raises(DBAPIError):
+                s.execute(text("SELECT 1/0"), bind_arguments={"shard_id": failing})
+            with pytest.raises(TwoPhaseError, match=r"aborted|could not commit"):
+                s.commit()
+    session.rollback()
+    assert _prepared(direct) == 0
+    with ss.Session(shards) as s:
+        assert list(s.scalars(select(Account.id))) == []

@@ -234,3 +234,19 @@ def test_terminated_backends_raise_once_and_print_nothing(
         "after all: 5",
     ], done.stdout
     assert done.stderr == ""
+
+
+def test_a_copy_sent_as_a_statement_fails_and_the_next_session_works(
+    one_worker: ss.ShardSet,
+) -> None:
+    # psycopg refuses COPY through execute() and leaves its connection copying: that
+    # worker is discarded, not lent again to fail every later session.
+    from sqlalchemy.exc import DBAPIError
+
+    with ss.Session(one_worker) as s:
+        before = _pid(s, "s0")
+        with pytest.raises(DBAPIError, match="COPY"):
+            s.execute(text("COPY (SELECT 1) TO STDOUT"), bind_arguments={"shard_id": "s0"})
+    with ss.Session(one_worker) as s:
+        assert s.execute(text("SELECT 41 + 1"), bind_arguments={"shard_id": "s0"}).scalar() == 42
+        assert _pid(s, "s0") != before
