@@ -378,14 +378,22 @@ class WorkerConnection:
 
     def _decide(self, req: p.Decide) -> None:
         self._end()
-        with self.conn.pipeline():
-            if self.conn.info.transaction_status == _IDLE:
-                self.conn.execute(self._begin_sql())
-            self.conn.execute(req.sql, req.params)
-            # the decision must be durable when the commit returns, whatever the
-            # server's or the role's synchronous_commit says
-            self.conn.execute("SET LOCAL synchronous_commit TO on")
-            self.conn.execute("COMMIT")
+        try:
+            with self.conn.pipeline():
+                if self.conn.info.transaction_status == _IDLE:
+                    self.conn.execute(self._begin_sql())
+                self.conn.execute(req.sql, req.params)
+                # the decision must be durable when the commit returns, whatever the
+                # server's or the role's synchronous_commit says
+                self.conn.execute("SET LOCAL synchronous_commit TO on")
+                self.conn.execute("COMMIT")
+        except psycopg.Error:
+            # Not decided: the transaction is still open (aborted) on this shard; it is
+            # rolled back here, as the coordinator rolls back every other shard.
+            if not self.broken and self.conn.info.transaction_status != _IDLE:
+                with contextlib.suppress(psycopg.Error):
+                    self.conn.execute("ROLLBACK")
+            raise
 
     def _finish_prepared(self, req: p.FinishPrepared) -> bool:
         if self.conn.info.transaction_status != _IDLE:
