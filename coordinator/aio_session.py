@@ -21,7 +21,7 @@ from shardsession.coordinator.aio_shards import (
     asyncio_capable,
     not_asyncio_capable,
 )
-from shardsession.coordinator.session import Session
+from shardsession.coordinator.session import Session, shards_argument
 from shardsession.coordinator.shards import ShardSet
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -78,13 +78,9 @@ class AsyncSession(_SAAsyncSession):
         **kw: Any,
     ) -> None:
         require_greenlet()
-        if isinstance(bind, Mapping) and shards is None:
-            shards, bind = bind, None
-        if bind is not None:
-            raise ArgumentError(
-                "a sharded AsyncSession takes its shards, not one bind: AsyncSession(shards) "
-                "or AsyncSession(shards=create_async_shards({'s0': dsn, ...}))"
-            )
+        shards = shards_argument(
+            bind, shards, "AsyncSession(shards=create_async_shards({'s0': dsn, ...}))"
+        )
         cls = sync_session_class or self.sync_session_class
         if not (isinstance(cls, type) and issubclass(cls, Session)):
             raise ArgumentError(

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from shardsession.coordinator.aio import require_greenlet
-from shardsession.coordinator.shards import ShardSet, create_shards
+from shardsession.coordinator.shards import ByShard, ShardSet, create_shards
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -44,7 +44,7 @@ def not_asyncio_capable(name: str) -> ArgumentError:
     )
 
 
-class AsyncShardSet(Mapping[str, AsyncEngine]):
+class AsyncShardSet(ByShard[AsyncEngine]):
     """Shard name -> :class:`~sqlalchemy.ext.asyncio.AsyncEngine`, over the engines
     (and worker pools) of one :class:`~shardsession.ShardSet`.
 
@@ -67,19 +67,7 @@ class AsyncShardSet(Mapping[str, AsyncEngine]):
             if not asyncio_capable(engine):
                 raise not_asyncio_capable(name)
         self.sync = shards
-        self._engines = {name: AsyncEngine(engine) for name, engine in shards.items()}
-
-    def __getitem__(self, name: str) -> AsyncEngine:
-        return self._engines[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._engines)
-
-    def __len__(self) -> int:
-        return len(self._engines)
-
-    def __repr__(self) -> str:
-        return f"<AsyncShardSet {list(self._engines)}>"
+        self._members = {name: AsyncEngine(engine) for name, engine in shards.items()}
 
     @property
     def dsns(self) -> dict[str, str]:
@@ -101,7 +89,7 @@ class AsyncShardSet(Mapping[str, AsyncEngine]):
         """
         async with contextlib.AsyncExitStack() as stack:
             conns = {}
-            for name, engine in self._engines.items():
+            for name, engine in self._members.items():
                 conns[name] = await stack.enter_async_context(engine.begin())
             yield AsyncShardConnections(conns)
 
@@ -115,7 +103,7 @@ class AsyncShardSet(Mapping[str, AsyncEngine]):
 
     async def dispose(self) -> None:
         """Close every idle worker of every shard (the engines stay usable)."""
-        await asyncio.gather(*(engine.dispose() for engine in self._engines.values()))
+        await asyncio.gather(*(engine.dispose() for engine in self._members.values()))
 
     async def close(self) -> None:
         """Close every idle worker, stop background recovery and the deadlock detector.
@@ -135,21 +123,12 @@ class AsyncShardSet(Mapping[str, AsyncEngine]):
         await self.close()
 
 
-class AsyncShardConnections(Mapping[str, AsyncConnection]):
+class AsyncShardConnections(ByShard[AsyncConnection]):
     """Shard name -> :class:`~sqlalchemy.ext.asyncio.AsyncConnection`, one per shard,
     from :meth:`AsyncShardSet.begin`."""
 
     def __init__(self, connections: Mapping[str, AsyncConnection]) -> None:
-        self._connections = dict(connections)
-
-    def __getitem__(self, name: str) -> AsyncConnection:
-        return self._connections[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._connections)
-
-    def __len__(self) -> int:
-        return len(self._connections)
+        self._members = dict(connections)
 
     async def run_sync(self, fn: Callable[..., Any], *args: Any, **kwargs: Any
                        ) -> dict[str, Any]:  # fmt: skip
@@ -158,9 +137,9 @@ class AsyncShardConnections(Mapping[str, AsyncConnection]):
 
         :raises: the first error, once every call has finished.
         """
-        names = list(self._connections)
+        names = list(self._members)
         outcomes = await asyncio.gather(
-            *(self._connections[n].run_sync(fn, *args, **kwargs) for n in names),
+            *(self._members[n].run_sync(fn, *args, **kwargs) for n in names),
             return_exceptions=True,
         )
         for outcome in outcomes:

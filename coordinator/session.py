@@ -74,13 +74,7 @@ class Session(ShardedSession):
         previous_shards: Mapping[str, Any] | Sequence[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        if isinstance(bind, Mapping) and shards is None:
-            shards, bind = bind, None
-        if bind is not None:
-            raise ArgumentError(
-                "a sharded Session takes its shards, not one bind: Session(shards) or "
-                "Session(shards={'s0': engine, ...})"
-            )
+        shards = shards_argument(bind, shards, "Session(shards={'s0': engine, ...})")
         if not shards:
             raise ArgumentError("Session needs shards: Session(create_shards({'s0': dsn, ...}))")
         # ShardedSession.__init__ registers a do_orm_execute listener on every
@@ -258,6 +252,22 @@ class Session(ShardedSession):
         if self._commit is None:
             self._commit = CommitCoordinator(self._dsns)
         return self._commit
+
+
+def shards_argument(bind: Any, shards: Any, example: str) -> Any:
+    """The shards a sharded session was given: ``shards=``, or a mapping passed as
+    its first argument (``Session(shards)``).
+
+    :raises ArgumentError: for one bind instead of shards (``example`` shows how).
+    """
+    if isinstance(bind, Mapping) and shards is None:
+        return bind
+    if bind is not None:
+        cls = example.partition("(")[0]
+        raise ArgumentError(
+            f"a sharded {cls} takes its shards, not one bind: {cls}(shards) or {example}"
+        )
+    return shards
 
 
 def _after_begin(session: Any, transaction: Any, connection: Any) -> None:

@@ -19,7 +19,7 @@ import threading
 import weakref
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -31,6 +31,8 @@ from sqlalchemy.sql.schema import MetaData
 from shardsession.exc import ArgumentError, ConfigurationError
 from shardsession.preflight import check_shard_name, shard_conninfo
 from shardsession.recovery import RecoveryReport, recover
+
+_Member = TypeVar("_Member")
 
 __all__ = ["ShardSet", "create_all", "create_pool", "create_shards", "drop_all"]
 
@@ -59,7 +61,26 @@ def _engine_conninfo(engine: Engine) -> str:
     return make_conninfo(base, **{k: v for k, v in params.items() if isinstance(v, (str, int))})
 
 
-class ShardSet(Mapping[str, Engine]):
+class ByShard(Mapping[str, _Member]):
+    """A read-only mapping of shard name -> one thing per shard (``_members``), the
+    base of :class:`ShardSet` and of its asyncio counterparts."""
+
+    _members: dict[str, _Member]
+
+    def __getitem__(self, name: str) -> _Member:
+        return self._members[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._members)
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {list(self._members)}>"
+
+
+class ShardSet(ByShard[Engine]):
     """Shard name -> :class:`~sqlalchemy.engine.Engine`, with what applies to all of them.
 
     :ivar dsns: shard name -> the psycopg conninfo its connections use (recovery
@@ -83,10 +104,10 @@ class ShardSet(Mapping[str, Engine]):
             raise ArgumentError("no shards given: create_shards({'s0': dsn, ...})")
         for name in engines:
             check_shard_name(name)
-        self._engines = dict(engines)
+        self._members = dict(engines)
         known = dict(dsns or {})
         self.dsns = {name: known.get(name) or _engine_conninfo(e)
-                     for name, e in self._engines.items()}  # fmt: skip
+                     for name, e in self._members.items()}  # fmt: skip
         self.recovery_grace = recovery_grace
         self.recovery_interval = recovery_interval
         self.last_recovery: RecoveryReport | None = None
@@ -110,18 +131,6 @@ class ShardSet(Mapping[str, Engine]):
                 )
             self.deadlocks = DeadlockDetector(self, deadlock_interval, self._closed)
 
-    def __getitem__(self, name: str) -> Engine:
-        return self._engines[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._engines)
-
-    def __len__(self) -> int:
-        return len(self._engines)
-
-    def __repr__(self) -> str:
-        return f"<ShardSet {list(self._engines)}>"
-
     def recover(self, *, older_than: float = 10.0, dry_run: bool = False) -> RecoveryReport:
         """Settle in-doubt two-phase commits on these shards
         (:func:`shardsession.recovery.recover`)."""
@@ -129,7 +138,7 @@ class ShardSet(Mapping[str, Engine]):
 
     def dispose(self) -> None:
         """Close every idle worker of every shard (their engines stay usable)."""
-        for engine in self._engines.values():
+        for engine in self._members.values():
             engine.dispose()
 
     def close(self) -> None:
@@ -153,8 +162,8 @@ class ShardSet(Mapping[str, Engine]):
 
         :raises: the first error (after every call has finished).
         """
-        with ThreadPoolExecutor(max_workers=len(self._engines)) as pool:
-            futures = {s: pool.submit(fn, s, e) for s, e in self._engines.items()}
+        with ThreadPoolExecutor(max_workers=len(self._members)) as pool:
+            futures = {s: pool.submit(fn, s, e) for s, e in self._members.items()}
         return {s: f.result() for s, f in futures.items()}
 
     # MetaData.create_all(bind) / drop_all(bind) call this on their bind: run the

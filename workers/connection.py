@@ -388,8 +388,10 @@ class WorkerConnection:
                 self.conn.execute("SET LOCAL synchronous_commit TO on")
                 self.conn.execute("COMMIT")
         except psycopg.Error:
-            # Not decided: the transaction is still open (aborted) on this shard; it is
-            # rolled back here, as the coordinator rolls back every other shard.
+            # Not decided: the transaction is still open (aborted) on this shard.  A
+            # Decide ends the transaction either way -- the coordinator rolls back the
+            # other shards only, and SQLAlchemy returns a connection whose commit
+            # failed to the pool without a rollback -- so it is rolled back here.
             if not self.broken and self.conn.info.transaction_status != _IDLE:
                 with contextlib.suppress(psycopg.Error):
                     self.conn.execute("ROLLBACK")
